@@ -1,0 +1,107 @@
+# Chatlog — top-level build.
+#
+#   make            build everything into build/ (installs Debian deps first)
+#   make test       unit, crash and power-loss tests, plain and under
+#                   ASan+UBSan; ends with "N passed, N failed"
+#   make bench      engine benchmark (figures, not a test)
+#   make run        demo: write a workload into ./data, print chatlog stats
+#   make clean
+#
+# SANITIZE=address,undefined builds with sanitizers (into build-san/ by
+# default); BUILD=dir picks the output directory.
+
+SANITIZE ?=
+ifeq ($(SANITIZE),)
+BUILD ?= build
+OPT ?= -O2
+else
+BUILD ?= build-san
+OPT ?= -O1 -fno-omit-frame-pointer -fsanitize=$(SANITIZE) -fno-sanitize-recover=all
+endif
+
+CC ?= cc
+PROTOC_C ?= protoc-c
+CFLAGS ?=
+CFLAGS += -std=c11 -D_GNU_SOURCE -g $(OPT) -Wall -Wextra -Werror -Wshadow \
+          -Wstrict-prototypes -Wmissing-prototypes -Wno-unused-parameter \
+          -Iengine -Irecovery -I$(BUILD)/gen -MMD -MP
+LDFLAGS += $(if $(SANITIZE),-fsanitize=$(SANITIZE))
+LDLIBS += -lxxhash -lzstd -lprotobuf-c -lpthread
+
+DEPS_STAMP := build/.deps-installed
+
+PROTO_SRC := $(wildcard proto/*.proto)
+PROTO_C := $(patsubst proto/%.proto,$(BUILD)/gen/%.pb-c.c,$(PROTO_SRC))
+PROTO_H := $(PROTO_C:.c=.h)
+
+LIB_SRC := $(wildcard engine/*.c) $(wildcard recovery/*.c)
+LIB_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(LIB_SRC)) $(PROTO_C:.c=.o)
+CLI_SRC := $(wildcard cli/*.c)
+CLI_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(CLI_SRC))
+UNIT_SRC := $(wildcard tests/support/*.c) $(wildcard tests/engine/*.c) \
+            $(wildcard tests/recovery/*.c)
+UNIT_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(UNIT_SRC))
+CRASH_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard tests/crash/*.c))
+BENCH_SRC := $(wildcard bench/*.c)
+BENCH_BIN := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
+
+LIB := $(BUILD)/libchatlog.a
+CHATLOG := $(BUILD)/chatlog
+UNIT := $(BUILD)/tests/unit
+CRASH := $(BUILD)/tests/crash
+
+.PHONY: all deps test test-plain test-san bench run clean fuzz
+all: $(CHATLOG) $(UNIT) $(CRASH) $(BENCH_BIN)
+
+deps: $(DEPS_STAMP)
+$(DEPS_STAMP): scripts/install-deps.sh
+	bash scripts/install-deps.sh
+	@mkdir -p $(dir $@) && touch $@
+
+$(BUILD)/gen/%.pb-c.c $(BUILD)/gen/%.pb-c.h: proto/%.proto | $(DEPS_STAMP)
+	@mkdir -p $(dir $@)
+	$(PROTOC_C) --proto_path=proto --c_out=$(BUILD)/gen $<
+
+$(BUILD)/%.o: %.c | $(DEPS_STAMP) $(PROTO_H)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/gen/%.pb-c.o: $(BUILD)/gen/%.pb-c.c
+	$(CC) $(filter-out -Wmissing-prototypes -Wshadow,$(CFLAGS)) -c -o $@ $<
+
+$(LIB): $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(CHATLOG): $(CLI_OBJ) $(LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(UNIT): $(UNIT_OBJ) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(CRASH): $(CRASH_OBJ) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/bench/%: bench/%.c $(LIB) | $(PROTO_H)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
+
+# The whole suite: plain build, then the same under ASan+UBSan.
+test: $(DEPS_STAMP)
+	$(MAKE) --no-print-directory all
+	$(MAKE) --no-print-directory SANITIZE=address,undefined all
+	bash scripts/run-tests.sh build build-san
+
+bench: all
+	bash scripts/bench.sh $(BUILD)
+
+run: $(CHATLOG)
+	$(CHATLOG) gen ./data --messages 200000 --conversations 2000 --seed 1
+	$(CHATLOG) stats ./data
+
+clean:
+	rm -rf build build-san
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -1,0 +1,234 @@
+/*
+ * log.h — the Chatlog storage engine: a data directory of shards, each one
+ * segmented, append-only log with group commit, an in-memory per-conversation
+ * index, and zstd-compressed sealed segments. The on-disk format is
+ * documented in docs/storage.md and at the top of batch.c, segment.c and
+ * sidecar.c; recovery rules in recovery/recovery.c.
+ *
+ * Threads: each shard has one writer thread that assigns offsets and msg_ids,
+ * writes and fdatasyncs; one sealer thread per log compresses rolled
+ * segments. All functions here may be called from any thread, except
+ * log_close(), which must not race with other calls on the same log.
+ *
+ * Errors: 0 or a negative code, see errors.h (cl_strerror()).
+ */
+#ifndef CHATLOG_LOG_H
+#define CHATLOG_LOG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "batch.h"
+#include "io.h"
+
+typedef struct log log_t;
+
+enum log_fsync {
+    LOG_FSYNC_ALWAYS = 0, /* default: an append is acked after fdatasync */
+    LOG_FSYNC_NONE = 1,   /* TESTS AND BENCHMARKS ONLY: acks before data is
+                             durable; a crash or power loss loses acked data */
+};
+
+enum log_level { LOG_DEBUG = 0, LOG_INFO = 1, LOG_WARN = 2, LOG_ERROR = 3 };
+
+#define LOG_DEFAULT_SHARDS 16
+#define LOG_MAX_SHARDS 1024
+#define LOG_DEFAULT_SEGMENT_BYTES (64ull << 20)
+#define LOG_MIN_SEGMENT_BYTES (16ull << 10)
+#define LOG_MAX_SEGMENT_BYTES (1ull << 30)
+#define LOG_DEFAULT_BATCH_BYTES (1u << 20)
+/* The writer never has more than this many bytes written and not yet
+ * fdatasynced; recovery relies on it to tell a torn tail from corruption. */
+#define LOG_MAX_WRITE_BYTES (4u << 20)
+#define LOG_DEFAULT_MAX_PENDING 65536u
+
+/* One record as read back: where it lives and what it says. rec's pointers
+ * are owned by whoever handed out the entry (see each function). */
+typedef struct log_entry {
+    uint32_t shard;
+    uint64_t offset;
+    uint64_t term;
+    rec_view rec;
+} log_entry;
+
+typedef struct log_options {
+    /* Number of shards for a new directory (0: LOG_DEFAULT_SHARDS). For an
+     * existing one the manifest decides; a non-zero value that disagrees
+     * makes log_open fail with CL_EMANIFEST. */
+    uint32_t shards;
+    uint64_t segment_bytes;   /* roll size; 0: 64 MiB */
+    uint32_t max_batch_bytes; /* bytes per group write; 0: 1 MiB; capped at
+                                 LOG_MAX_WRITE_BYTES */
+    uint32_t max_wait_us;     /* wait this long for a group to fill before
+                                 writing it; 0: write whatever is queued */
+    uint32_t max_pending;     /* queued appends per shard before CL_EBUSY */
+    int fsync;                /* enum log_fsync */
+    int no_compress;          /* keep sealed segments uncompressed */
+    /* Open for inspection: no threads, no writes, no repairs. A torn tail is
+     * reported and left out of reads instead of truncated. Appends fail with
+     * CL_EINVAL. */
+    int read_only;
+    io_vfs *io; /* NULL: io_posix() */
+    /* Receives one line per notable event (torn tail cut, corruption found,
+     * shard failed). NULL: written to stderr at INFO and above. */
+    void (*log_fn)(void *arg, int level, const char *msg);
+    void *log_arg;
+    /* Called on the shard's writer thread after each group becomes durable,
+     * before the appends' callbacks, with the group's records in offset
+     * order; entries are valid during the call only. This is the stream the
+     * server delivers from. */
+    void (*on_commit)(void *arg, uint32_t shard, const log_entry *entries,
+                      size_t n);
+    void *commit_arg;
+} log_options;
+
+/* Open (creating if needed) the data directory dir and recover every shard.
+ * Returns 0 and *out, or: CL_EMANIFEST (bad or mismatched manifest),
+ * CL_EINVAL (bad options), -errno from the file system, CL_ENOMEM. Corruption
+ * found in sealed data does not fail the open; see log_damage(). */
+int log_open(const char *dir, const log_options *opt, log_t **out);
+
+/* Stop accepting appends, let every queued append finish (its callback runs,
+ * successful or not), wait for sealing to end, and free the log. Returns the
+ * first error the log hit (a failed shard's error), else 0. */
+int log_close(log_t *log);
+
+/* ---- appending ---- */
+
+typedef struct log_append_result {
+    uint32_t shard;
+    uint64_t offset;
+    uint64_t msg_id; /* assigned for REC_MESSAGE, else the record's msg_id */
+    int64_t ts_ms;
+    uint64_t term;
+} log_append_result;
+
+/* status is 0 when the record is durable (per the fsync policy), or a
+ * negative error: -ENOSPC (the log is unchanged and later appends may
+ * succeed), CL_EFAILED / -EIO (the shard failed; nothing of this group is
+ * acked), CL_ECLOSED. res is valid during the call only. */
+typedef void (*log_append_cb)(void *arg, int status,
+                              const log_append_result *res);
+
+/* Queue one record for the shard of rec->conv_id. The record is copied; the
+ * caller's buffers may be reused on return. For REC_MESSAGE, rec->msg_id must
+ * be 0: the writer assigns the next id of the conversation. ts_ms 0 means
+ * "now" (the writer stamps it, never earlier than the shard's previous
+ * record). Returns 0 and cb is called exactly once later on the writer thread;
+ * or returns CL_EINVAL, CL_ETOOBIG, CL_EBUSY, CL_EFAILED or CL_ECLOSED and cb
+ * is never called. */
+int log_append(log_t *log, const rec_view *rec, log_append_cb cb, void *arg);
+
+/* ---- reading ---- */
+
+/* A set of entries with the memory behind them; free with
+ * log_result_free(). */
+typedef struct log_result {
+    log_entry *entries;
+    size_t n;
+    size_t cap;
+    uint8_t **bufs; /* internal: copies of the batches the entries point in */
+    size_t nbufs;
+} log_result;
+
+void log_result_free(log_result *r);
+
+enum log_direction { LOG_AFTER = 0, LOG_BEFORE = 1 };
+
+/* Messages (REC_MESSAGE) of a conversation: with LOG_AFTER those with
+ * msg_id > msg_id in ascending order; with LOG_BEFORE those with
+ * msg_id < msg_id (0: no bound) in descending order. At most limit entries
+ * are appended to *out; *more (if not NULL) tells whether more exist in that
+ * direction. Only durable records are returned. Returns 0, CL_ECORRUPT if a
+ * message in range lies in damaged data (out holds those before it),
+ * -errno. An unknown conversation is an empty result. */
+int log_read_conv(log_t *log, uint64_t conv_id, uint64_t msg_id,
+                  int direction, uint32_t limit, log_result *out, int *more);
+
+/* The newest msg_id of a conversation (0 if it has none). */
+uint64_t log_conv_last_msg_id(log_t *log, uint64_t conv_id);
+
+/* Called once per batch in offset order. bytes[0..h->length) is the batch as
+ * stored (verified); entries are its records with offset >= the requested
+ * from_offset. All valid during the call only. A non-zero return stops the
+ * read and is returned by log_read_from. */
+typedef int (*log_batch_cb)(void *arg, const batch_header *h,
+                            const uint8_t *bytes, const log_entry *entries,
+                            size_t n);
+
+/* Every durable record of a shard with offset >= from_offset, batch by
+ * batch, until the durable end or until about max_bytes (0: no limit) of
+ * batches were passed. Returns 0, CL_ECORRUPT at damaged data (batches before
+ * it were delivered), CL_EINVAL for a bad shard, -errno. */
+int log_read_from(log_t *log, uint32_t shard, uint64_t from_offset,
+                  uint64_t max_bytes, log_batch_cb cb, void *arg);
+
+/* ---- shards and inspection ---- */
+
+uint32_t log_shard_count(const log_t *log);
+/* The shard of a conversation: XXH3-64 of conv_id's 8 little-endian bytes,
+ * modulo the shard count. Stable across versions and machines. */
+uint32_t log_shard_of(const log_t *log, uint64_t conv_id);
+uint32_t log_shard_for(uint64_t conv_id, uint32_t shards);
+
+typedef struct log_segment_info {
+    uint64_t base_offset;
+    uint64_t end_offset; /* next offset after its last record */
+    uint64_t raw_bytes;  /* uncompressed size */
+    uint64_t disk_bytes; /* size of the file(s) on disk, sidecar included */
+    uint64_t records;
+    int sealed;
+    int compressed;
+} log_segment_info;
+
+typedef struct log_shard_info {
+    uint32_t shard;
+    uint64_t next_offset;    /* offset the next record will get */
+    uint64_t durable_offset; /* records below this are durable */
+    uint64_t term;
+    uint64_t records;
+    uint64_t messages;
+    uint64_t conversations;
+    uint64_t raw_bytes;
+    uint64_t disk_bytes;
+    uint32_t segments;
+    uint32_t damaged_ranges;
+    int failed; /* 0, or the error that failed the shard */
+} log_shard_info;
+
+int log_shard_info_get(log_t *log, uint32_t shard, log_shard_info *out);
+
+/* Segment i (0-based, oldest first) of a shard; CL_ENOTFOUND past the end. */
+int log_segment_info_get(log_t *log, uint32_t shard, uint32_t i,
+                         log_segment_info *out);
+
+/* What recovery found: a torn tail cut (repaired) or damaged data kept and
+ * fenced off (not repaired). */
+typedef struct log_damage {
+    uint32_t shard;
+    uint64_t seg_base;    /* segment the damage is in */
+    uint64_t file_pos;    /* byte position in the uncompressed segment */
+    uint64_t bytes;       /* bytes cut (torn tail) or fenced (damage) */
+    uint64_t first_offset; /* first log offset affected, if known */
+    uint64_t end_offset;   /* offset after the last affected, if known */
+    int err;              /* CL_ECORRUPT, CL_ETRUNC, CL_EMISPLACED, -errno */
+    int torn_tail;        /* 1: a torn tail that recovery cut off */
+} log_damage;
+
+/* Calls cb for each damage record, in shard order. */
+void log_damage_each(log_t *log, void (*cb)(void *arg, const log_damage *d),
+                     void *arg);
+
+/* ---- for replication (later issues) ---- */
+
+/* The term stamped on batches written from now on. Must not decrease. */
+int log_set_term(log_t *log, uint32_t shard, uint64_t term);
+
+/* Remove every record with offset >= offset from the shard (a follower
+ * dropping an uncommitted suffix): files are truncated and synced, the index
+ * forgets the records, msg_id sequences go back accordingly. Waits for the
+ * writer to be idle. Returns 0, CL_EINVAL (offset below the start of the
+ * oldest segment), -errno. */
+int log_truncate_from(log_t *log, uint32_t shard, uint64_t offset);
+
+#endif
