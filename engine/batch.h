@@ -28,7 +28,7 @@
 #define BATCH_MAX_BYTES (8u << 20)  /* one batch, header to checksum */
 #define BATCH_MAX_RECORDS 4096u     /* records in one batch */
 #define RECORD_MAX_KEY 255u         /* client_msg_id bytes */
-#define RECORD_MAX_BODY (4u << 20)  /* protobuf body bytes */
+#define RECORD_MAX_BODY (1u << 20)  /* protobuf body bytes */
 
 /* Record types. Only REC_MESSAGE takes a per-conversation msg_id from the
  * sequence; the others carry 0 or the msg_id they refer to. */

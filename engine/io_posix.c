@@ -1,12 +1,12 @@
 /*
  * io_posix.c — the io_vfs over plain POSIX calls.
  */
-#define _GNU_SOURCE
 #include "io.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>

@@ -193,6 +193,7 @@ typedef struct log_shard_info {
     uint64_t disk_bytes;
     uint32_t segments;
     uint32_t damaged_ranges;
+    uint64_t index_bytes; /* memory held by the conversation index */
     int failed; /* 0, or the error that failed the shard */
 } log_shard_info;
 

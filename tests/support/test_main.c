@@ -4,7 +4,6 @@
  * the others still run; the parent prints one line per test and the summary
  * line "N passed, N failed".
  */
-#define _GNU_SOURCE
 #include "test.h"
 
 #include <errno.h>

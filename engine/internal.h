@@ -1,0 +1,259 @@
+/*
+ * internal.h — structures shared by the engine (engine/) and recovery
+ * (recovery/). Not part of the public API.
+ *
+ * Locking: each shard has
+ *   - qmu: the append queue and writer hand-off (pending list, stopping,
+ *     paused, busy);
+ *   - lock (rwlock): the segment array, segment fields, the conversation
+ *     index, durable counters and damage list. Readers hold it shared for the
+ *     whole of a lookup + pread + verify; the writer holds it exclusively only
+ *     to publish a durable group, and the sealer only to swap a segment's
+ *     file. Functions named *_locked expect the caller to hold it.
+ * The writer thread alone touches next_offset, conv->assigned, last_ts and the
+ * active segment's file size between publishes.
+ */
+#ifndef CHATLOG_INTERNAL_H
+#define CHATLOG_INTERNAL_H
+
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "batch.h"
+#include "io.h"
+#include "log.h"
+
+/* ---- naming rules: every on-disk name is made here ----
+ *   DIR/MANIFEST                 the manifest (text, checksummed)
+ *   DIR/shard-NNNN/              one directory per shard, 4-digit id
+ *   <base>.log                   raw segment, base = 20-digit first offset
+ *   <base>.zlog                  compressed sealed segment
+ *   <base>.idx                   sidecar index of a sealed segment
+ *   tmp-<name>                   being written; deleted by recovery
+ */
+#define NAME_MANIFEST "MANIFEST"
+#define NAME_TMP_PREFIX "tmp-"
+#define SUFFIX_LOG ".log"
+#define SUFFIX_ZLOG ".zlog"
+#define SUFFIX_IDX ".idx"
+#define PATH_MAX_LEN 4096
+
+void name_shard_dir(char *out, size_t n, const char *dir, uint32_t shard_id);
+void name_segment(char *out, size_t n, const char *shard_dir, uint64_t base,
+                  const char *suffix, int tmp);
+/* Parses "<20 digits><suffix>"; returns 0 and *base, or -1. */
+int name_parse_segment(const char *name, const char *suffix, uint64_t *base);
+
+/* ---- index locations ----
+ * A message's location packs the segment ordinal (20 bits), the byte
+ * position of its batch in the uncompressed segment (32 bits) and its index
+ * within the batch (12 bits) into 8 bytes. LOC_DAMAGED marks a msg_id known
+ * to exist whose record lies in damaged data. */
+#define LOC_DAMAGED UINT64_MAX
+#define LOC_MAX_SEGMENTS (1u << 20)
+static inline uint64_t loc_pack(uint32_t seg, uint64_t pos, uint32_t idx)
+{
+    return ((uint64_t)seg << 44) | ((pos & 0xffffffffull) << 12) | (idx & 0xfff);
+}
+static inline uint32_t loc_seg(uint64_t l) { return (uint32_t)(l >> 44); }
+static inline uint64_t loc_pos(uint64_t l) { return (l >> 12) & 0xffffffffull; }
+static inline uint32_t loc_idx(uint64_t l) { return (uint32_t)(l & 0xfff); }
+
+typedef struct conv {
+    uint64_t conv_id;
+    uint64_t *locs;    /* locs[i] is where msg_id i+1 lives */
+    uint32_t n;        /* published (durable) messages */
+    uint32_t cap;
+    uint64_t assigned; /* writer only: last msg_id handed out */
+} conv;
+
+typedef struct conv_table {
+    conv **slots;
+    uint32_t cap; /* power of two */
+    uint32_t count;
+} conv_table;
+
+conv *idx_find(const conv_table *t, uint64_t conv_id);
+/* Find or insert; returns NULL on allocation failure. Caller holds the
+ * shard's lock exclusively. */
+conv *idx_get(conv_table *t, uint64_t conv_id);
+/* Append the location of the next msg_id; 0 or CL_ENOMEM. */
+int idx_push(conv *c, uint64_t loc);
+void idx_free(conv_table *t);
+uint64_t idx_memory(const conv_table *t);
+
+/* ---- segments ---- */
+enum seg_state { SEG_ACTIVE = 0, SEG_SEALED = 1, SEG_COMPRESSED = 2 };
+
+typedef struct zblock {
+    uint64_t raw_pos;  /* position of its first byte in the raw segment */
+    uint32_t raw_len;
+    uint32_t comp_len;
+    uint64_t file_pos; /* position of the compressed bytes in the .zlog */
+    uint64_t hash;     /* XXH3-64 of the compressed bytes */
+} zblock;
+
+typedef struct sparse_ent {
+    uint64_t offset;
+    uint64_t pos;
+} sparse_ent;
+
+typedef struct seg {
+    uint32_t ord; /* position in the shard's segment array */
+    uint64_t base;
+    uint64_t end;      /* next offset after the last readable record */
+    uint64_t raw_size; /* bytes of valid raw data */
+    uint64_t records;
+    uint64_t disk_bytes;
+    int state;
+    int sealing; /* queued for the sealer */
+    io_file *f;  /* .log, or .zlog when compressed */
+    zblock *blocks;
+    uint32_t nblocks;
+    /* offset -> raw position, one entry per >= SPARSE_EVERY bytes */
+    sparse_ent *sparse;
+    uint32_t nsparse, capsparse;
+    uint64_t sparse_last_pos;
+} seg;
+
+#define SPARSE_EVERY 4096u
+
+int seg_sparse_add(seg *s, uint64_t offset, uint64_t pos);
+
+/* A growable buffer that reads reuse. */
+typedef struct rbuf {
+    uint8_t *p;
+    size_t cap;
+} rbuf;
+int rbuf_reserve(rbuf *b, size_t n);
+void rbuf_free(rbuf *b);
+
+/* Reader state: scratch buffers and the last decompressed block. */
+typedef struct rctx {
+    rbuf batch;
+    rbuf block;
+    const seg *block_seg;
+    uint32_t block_idx;
+    uint64_t block_gen;
+} rctx;
+void rctx_free(rctx *r);
+
+typedef struct shard shard;
+
+/* Read and verify the batch at raw position pos of segment sg (caller holds
+ * the shard lock shared). *out points into r's buffers until the next call.
+ * Returns 0, CL_ECORRUPT, CL_ETRUNC (pos past the valid data), -errno. */
+int seg_read_batch_locked(shard *s, const seg *sg, uint64_t pos, rctx *r,
+                          const uint8_t **out, batch_header *h);
+
+/* .zlog: compress raw[0..raw_size) (whole batches) into path, verify it by
+ * reading back and decompressing, fdatasync. Returns 0 and the block table
+ * (caller frees) or -errno / CL_ECORRUPT. */
+int zlog_write(io_vfs *io, const char *path, uint32_t shard_id, const seg *sg,
+               const uint8_t *raw, zblock **blocks_out, uint32_t *nblocks_out);
+/* Load and check a .zlog's header and block table. Returns 0, CL_ECORRUPT,
+ * CL_ETRUNC, -errno. */
+int zlog_load(io_vfs *io, io_file *f, uint32_t shard_id, uint64_t base,
+              uint64_t *end, uint64_t *raw_size, uint64_t *records,
+              zblock **blocks_out, uint32_t *nblocks_out);
+/* Decompress block b of f into out (reserved by the call). */
+int zlog_read_block(io_vfs *io, io_file *f, const zblock *b, rbuf *out);
+
+/* Sidecar index: one entry per record of a sealed segment, in offset order
+ * (the entry's offset is base + its index). */
+typedef struct side_ent {
+    uint64_t conv_id;
+    uint64_t msg_id;
+    uint32_t pos;
+    uint16_t rec_idx;
+    uint8_t type;
+} side_ent;
+
+int sidecar_write(io_vfs *io, const char *shard_dir, uint32_t shard_id,
+                  const seg *sg, const side_ent *ents, uint64_t n);
+/* Returns 0 and the entries (caller frees), CL_ECORRUPT/CL_ETRUNC when the
+ * file is bad or does not match the segment, -ENOENT, -errno. */
+int sidecar_load(io_vfs *io, const char *path, uint32_t shard_id,
+                 uint64_t base, uint64_t end, uint64_t raw_size,
+                 side_ent **out, uint64_t *n);
+
+/* ---- shards ---- */
+typedef struct pending {
+    struct pending *next;
+    rec_view rec; /* key/body point into data[] */
+    log_append_cb cb;
+    void *arg;
+    uint64_t offset;
+    uint32_t size; /* encoded record size */
+    uint8_t data[];
+} pending;
+
+struct shard {
+    log_t *log;
+    uint32_t id;
+    char dir[PATH_MAX_LEN];
+
+    pthread_mutex_t qmu;
+    pthread_cond_t qcond;    /* work arrived, or stop/pause changed */
+    pthread_cond_t idlecond; /* writer went idle */
+    pending *qhead, *qtail;
+    uint32_t qlen;
+    uint64_t qbytes;
+    int stopping, paused, busy;
+    pthread_t writer;
+    int writer_started;
+
+    pthread_rwlock_t lock;
+    seg **segs;
+    uint32_t nsegs, capsegs;
+    conv_table convs;
+    uint64_t next_offset;    /* writer: next offset to assign */
+    uint64_t durable_offset; /* published */
+    uint64_t term;
+    int64_t last_ts;
+    uint64_t records, messages;
+    uint64_t gen; /* bumped by truncation and segment swaps */
+    int failed;   /* sticky error, read under qmu or lock */
+    log_damage *damage;
+    uint32_t ndamage, capdamage;
+
+    uint8_t *wbuf; /* writer: the encoded group */
+    size_t wcap;
+    log_entry *ents; /* writer: the group's entries for on_commit */
+    uint32_t ents_cap;
+};
+
+struct log {
+    char dir[PATH_MAX_LEN];
+    log_options opt;
+    io_vfs *io;
+    uint32_t nshards;
+    shard *shards;
+
+    pthread_mutex_t smu; /* sealer queue */
+    pthread_cond_t scond;
+    struct seal_job *sq_head, *sq_tail;
+    int sealer_stop;
+    int sealer_busy;
+    pthread_t sealer;
+    int sealer_started;
+};
+
+void log__msg(log_t *log, int level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+int shard__add_damage_locked(shard *s, const log_damage *d);
+/* Create segment file <base>.log in the shard (truncating a leftover) and
+ * fsync the directory; appends it to the segment array. */
+int shard__new_segment_locked(shard *s, uint64_t base, seg **out);
+seg *seg__alloc(uint32_t ord, uint64_t base);
+void seg__free(log_t *log, seg *sg);
+/* Queue a sealed raw segment for the sealer (sidecar + compression). */
+void log__queue_seal(log_t *log, shard *s, seg *sg);
+
+/* recovery/recovery.c: rebuild a shard's segments and index from its
+ * directory. Called by log_open with the shard lock unused (no threads yet).
+ */
+int rcv_shard(shard *s);
+
+#endif
