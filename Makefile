@@ -24,7 +24,7 @@ PROTOC_C ?= protoc-c
 CFLAGS ?=
 CFLAGS += -std=c11 -D_GNU_SOURCE -g $(OPT) -Wall -Wextra -Werror -Wshadow \
           -Wstrict-prototypes -Wmissing-prototypes -Wno-unused-parameter -Wno-format-truncation \
-          -Iengine -Irecovery -I$(BUILD)/gen -MMD -MP
+          -Iengine -Irecovery -Itests/support -I$(BUILD)/gen -MMD -MP
 LDFLAGS += $(if $(SANITIZE),-fsanitize=$(SANITIZE))
 LDLIBS += -lxxhash -lzstd -lprotobuf-c -lpthread
 

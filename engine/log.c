@@ -671,6 +671,9 @@ static int normalise_options(log_options *o)
         o->max_batch_bytes = LOG_DEFAULT_BATCH_BYTES;
     if (o->max_batch_bytes > LOG_MAX_WRITE_BYTES - 64 * 1024)
         o->max_batch_bytes = LOG_MAX_WRITE_BYTES - 64 * 1024;
+    /* Keep a segment to many groups, so that rolling stays near its size. */
+    if (o->max_batch_bytes > o->segment_bytes / 4)
+        o->max_batch_bytes = (uint32_t)(o->segment_bytes / 4);
     if (!o->max_pending)
         o->max_pending = LOG_DEFAULT_MAX_PENDING;
     if (o->fsync != LOG_FSYNC_ALWAYS && o->fsync != LOG_FSYNC_NONE)

@@ -39,6 +39,7 @@ void test_fail_(const char *file, int line, const char *fmt, ...)
     vfprintf(stderr, fmt, ap);
     va_end(ap);
     fprintf(stderr, " (seed %" PRIu64 ")\n", test_seed());
+    fflush(stdout);
     fflush(stderr);
     _exit(1);
 }
@@ -82,6 +83,7 @@ int main(int argc, char **argv)
         pid_t pid = fork();
         if (pid == 0) {
             tests[i].fn();
+            fflush(stdout);
             _exit(0);
         }
         int st = 0;
