@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Runs the whole test suite against one or more build directories and ends
+# with one line "N passed, N failed" summing every suite. Each suite prints
+# its own "N passed, N failed" last; a suite that crashes or prints no such
+# line counts as one failure.
+#
+#   scripts/run-tests.sh build build-san
+set -u
+cd "$(dirname "$0")/.."
+
+total_pass=0
+total_fail=0
+failed_suites=()
+
+run_suite() {
+  local name=$1; shift
+  echo "=== $name"
+  local out rc
+  out=$(mktemp)
+  "$@" 2>&1 | tee "$out"
+  rc=${PIPESTATUS[0]}
+  local line
+  line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$out" | tail -n 1)
+  rm -f "$out"
+  if [ -z "$line" ]; then
+    echo "=== $name: no summary line (exit $rc): counted as 1 failure"
+    total_fail=$((total_fail + 1))
+    failed_suites+=("$name")
+    return
+  fi
+  local p f
+  p=$(echo "$line" | sed -E 's/^([0-9]+) passed.*/\1/')
+  f=$(echo "$line" | sed -E 's/^[0-9]+ passed, ([0-9]+) failed.*/\1/')
+  if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
+    f=1
+  fi
+  total_pass=$((total_pass + p))
+  total_fail=$((total_fail + f))
+  [ "$f" -ne 0 ] && failed_suites+=("$name")
+}
+
+for b in "$@"; do
+  run_suite "$b: unit" "$b/tests/unit"
+  run_suite "$b: crash (SIGKILL)" "$b/tests/crash" harness --rounds 30
+  run_suite "$b: cli" bash tests/cli/test_cli.sh "$b/chatlog"
+done
+
+echo
+if [ ${#failed_suites[@]} -gt 0 ]; then
+  echo "failed suites: ${failed_suites[*]}"
+fi
+echo "$total_pass passed, $total_fail failed"
+[ "$total_fail" -eq 0 ]
