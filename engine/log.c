@@ -338,7 +338,9 @@ static void *sealer_main(void *arg)
         log->sealer_busy = 1;
         pthread_mutex_unlock(&log->smu);
         seal_segment(log, j->s, j->sg);
+        pthread_rwlock_wrlock(&j->s->lock);
         j->sg->sealing = 0;
+        pthread_rwlock_unlock(&j->s->lock);
         free(j);
         pthread_mutex_lock(&log->smu);
         log->sealer_busy = 0;
@@ -1018,10 +1020,11 @@ int log_read_from(log_t *log, uint32_t shard_id, uint64_t from_offset,
                     next = s->segs[i]->base;
                     break;
                 }
+            int below_start = s->nsegs && offset < s->segs[0]->base;
             pthread_rwlock_unlock(&s->lock);
             if (next == UINT64_MAX)
                 break;
-            if (offset < s->segs[0]->base) {
+            if (below_start) {
                 offset = next;
                 continue;
             }

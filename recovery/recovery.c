@@ -501,9 +501,12 @@ int rcv_shard(shard *s)
         rc = 0; /* read-only open of a directory without this shard yet */
     if (rc)
         goto out;
-    qsort(l.logs, l.nlog, sizeof(uint64_t), cmp_u64);
-    qsort(l.zlogs, l.nzlog, sizeof(uint64_t), cmp_u64);
-    qsort(l.idxs, l.nidx, sizeof(uint64_t), cmp_u64);
+    if (l.nlog)
+        qsort(l.logs, l.nlog, sizeof(uint64_t), cmp_u64);
+    if (l.nzlog)
+        qsort(l.zlogs, l.nzlog, sizeof(uint64_t), cmp_u64);
+    if (l.nidx)
+        qsort(l.idxs, l.nidx, sizeof(uint64_t), cmp_u64);
 
     /* Rule 2: settle .zlog/.log pairs. */
     uint64_t *bases = malloc((l.nlog + l.nzlog + 1) * sizeof *bases);
