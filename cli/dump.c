@@ -9,9 +9,12 @@
  *     order, messages only (the per-conversation index holds only
  *     REC_MESSAGE); --from is a msg_id, inclusive (--from 5 starts at
  *     message 5, so LOG_AFTER is given 4).
- * Damaged data that recovery fenced off stops a shard read; dump then
- * reports the fenced range on stderr, skips past it when the engine knows
- * where it ends, and exits with CLI_PROBLEM at the end.
+ * Damaged data does not end a dump: a shard read that fails skips to the end
+ * of the range recovery fenced off (log_damage_each) or, where recovery
+ * recorded nothing (it trusts a valid sidecar and does not read a sealed
+ * segment's blocks), probes forward for the first readable offset; a
+ * conversation read steps over unreadable messages. Each skipped range is
+ * one line on stderr, and the exit status is then CLI_PROBLEM.
  */
 #include "cli.h"
 
@@ -104,9 +107,32 @@ static void on_damage(void *arg, const log_damage *d)
     }
 }
 
-/* Dump one shard from offset `from`, skipping fenced damage. Returns
- * CLI_OK, CLI_PROBLEM (damage skipped or hit), CLI_FAIL, or DUMP_STOP + 10
- * when the limit was reached. */
+static int probe_batch(void *arg, const batch_header *h, const uint8_t *bytes,
+                       const log_entry *entries, size_t n)
+{
+    return DUMP_STOP;
+}
+
+/* The first offset after `bad` that log_read_from can read, or `end`. Used
+ * when a read fails where recovery recorded no damage (it trusts a valid
+ * sidecar and does not scan a sealed segment's blocks): one probe per
+ * offset, each costing one block read, until the reads work again. */
+static uint64_t probe_readable(log_t *log, uint32_t shard, uint64_t bad,
+                               uint64_t end)
+{
+    uint64_t k = bad + 1;
+    for (; k < end; k++) {
+        int rc = log_read_from(log, shard, k, 1, probe_batch, NULL);
+        if (rc == 0 || rc == DUMP_STOP)
+            break;
+    }
+    return k;
+}
+
+/* Dump one shard from offset `from`, skipping what cannot be read. Returns
+ * CLI_OK, CLI_PROBLEM (something was skipped), CLI_FAIL, or DUMP_LIMIT when
+ * --limit was reached. */
+#define DUMP_LIMIT 10
 static int dump_shard(log_t *log, uint32_t shard, uint64_t from, dump_ctx *c)
 {
     int status = CLI_OK;
@@ -116,44 +142,72 @@ static int dump_shard(log_t *log, uint32_t shard, uint64_t from, dump_ctx *c)
         if (rc == 0)
             return status;
         if (rc == DUMP_STOP)
-            return DUMP_STOP + 10;
+            return DUMP_LIMIT;
         if (rc != CL_ECORRUPT && rc != CL_ETRUNC && rc != CL_EMISPLACED) {
             cli_err("dump", "shard %" PRIu32 " at offset %" PRIu64 ": %s",
                     shard, c->next_offset, cl_strerror(rc));
             return CLI_FAIL;
         }
-        find_damage fd = {.shard = shard, .at = c->next_offset};
+        status = CLI_PROBLEM;
+        fflush(c->out);
+        uint64_t bad = c->next_offset;
+        find_damage fd = {.shard = shard, .at = bad};
         log_damage_each(log, on_damage, &fd);
         char seg[21];
-        if (!fd.found || fd.d.end_offset <= c->next_offset) {
-            cli_err("dump", "shard %" PRIu32 " at offset %" PRIu64
-                    ": %s; rest of the shard not readable",
-                    shard, c->next_offset, cl_strerror(rc));
-            return CLI_PROBLEM;
+        if (fd.found && fd.d.first_offset <= bad) {
+            /* A range recovery fenced off: skip to where it ends. */
+            cli_fmt_offset(seg, fd.d.seg_base);
+            cli_err("dump", "shard %" PRIu32 ": offsets %" PRIu64 "..%" PRIu64
+                    " unreadable (fenced by recovery in segment %s at byte %"
+                    PRIu64 ": %s), skipped",
+                    shard, bad, fd.d.end_offset - 1, seg, fd.d.file_pos,
+                    cl_strerror(fd.d.err));
+            from = fd.d.end_offset;
+            continue;
         }
-        cli_fmt_offset(seg, fd.d.seg_base);
-        fflush(c->out);
+        log_shard_info si;
+        if (log_shard_info_get(log, shard, &si) != 0)
+            si.next_offset = bad + 1;
+        uint64_t end = probe_readable(log, shard, bad, si.next_offset);
         cli_err("dump", "shard %" PRIu32 ": offsets %" PRIu64 "..%" PRIu64
-                " unreadable (segment %s, byte %" PRIu64 ": %s), skipped",
-                shard, fd.d.first_offset, fd.d.end_offset - 1, seg,
-                fd.d.file_pos, cl_strerror(fd.d.err));
-        status = CLI_PROBLEM;
-        from = fd.d.end_offset;
+                " unreadable (%s), skipped", shard, bad, end - 1,
+                cl_strerror(rc));
+        from = end;
     }
+}
+
+/* Report msg_ids [lo, hi] of a conversation as skipped. */
+static void report_conv_gap(uint64_t conv, uint64_t lo, uint64_t hi)
+{
+    if (lo == hi)
+        cli_err("dump", "conversation %" PRIu64 ": msg_id %" PRIu64
+                " unreadable (damaged data), skipped", conv, lo);
+    else
+        cli_err("dump", "conversation %" PRIu64 ": msg_ids %" PRIu64
+                "..%" PRIu64 " unreadable (damaged data), skipped",
+                conv, lo, hi);
 }
 
 static int dump_conv(log_t *log, uint64_t conv, uint64_t from, dump_ctx *c)
 {
     uint64_t after = from ? from - 1 : 0;
+    uint64_t last = log_conv_last_msg_id(log, conv);
+    uint64_t gap_lo = 0; /* first msg_id of the unreadable run, 0: none */
+    int status = CLI_OK;
     for (;;) {
         uint32_t page = DUMP_CONV_PAGE;
         if (c->limit && c->limit - c->printed < page)
             page = (uint32_t)(c->limit - c->printed);
         if (page == 0)
-            return CLI_OK;
+            break;
         log_result r = {0};
         int more = 0;
         int rc = log_read_conv(log, conv, after, LOG_AFTER, page, &r, &more);
+        if (gap_lo && r.n) {
+            fflush(c->out);
+            report_conv_gap(conv, gap_lo, after);
+            gap_lo = 0;
+        }
         for (size_t i = 0; i < r.n; i++) {
             print_entry(c->out, &r.entries[i]);
             c->printed++;
@@ -161,23 +215,30 @@ static int dump_conv(log_t *log, uint64_t conv, uint64_t from, dump_ctx *c)
         }
         size_t got = r.n;
         log_result_free(&r);
-        if (rc == CL_ECORRUPT) {
-            fflush(c->out);
-            cli_err("dump", "conversation %" PRIu64 ": the message after "
-                    "msg_id %" PRIu64 " lies in damaged data",
-                    conv, after);
-            return CLI_PROBLEM;
+        if (ferror(c->out))
+            break; /* reported by the caller */
+        if (rc == CL_ECORRUPT && after < last) {
+            /* The message after `after` lies in damaged data: step over it
+             * and keep going, reporting runs of them as one range. */
+            status = CLI_PROBLEM;
+            if (!gap_lo)
+                gap_lo = after + 1;
+            after++;
+            continue;
         }
         if (rc != 0) {
-            cli_err("dump", "conversation %" PRIu64 ": %s", conv,
-                    cl_strerror(rc));
+            cli_err("dump", "conversation %" PRIu64 " after msg_id %" PRIu64
+                    ": %s", conv, after, cl_strerror(rc));
             return CLI_FAIL;
         }
-        if (ferror(c->out))
-            return CLI_OK; /* reported by the caller */
         if (!more || got == 0)
-            return CLI_OK;
+            break;
     }
+    if (gap_lo) {
+        fflush(c->out);
+        report_conv_gap(conv, gap_lo, after);
+    }
+    return status;
 }
 
 static const char dump_usage[] =
@@ -197,6 +258,9 @@ static const char dump_usage[] =
     "  --from N     start here, inclusive: an offset in each shard read, or\n"
     "               with --conv a msg_id\n"
     "  --limit N    print at most N records in all\n"
+    "\n"
+    "Records that cannot be read (damaged data) are skipped and each skipped\n"
+    "range is reported on stderr.\n"
     "\n"
     "Exit status: 0 ok, 1 damaged data was skipped, 2 bad usage, 3 error.\n";
 
@@ -262,7 +326,7 @@ int cmd_dump(int argc, char **argv)
         uint32_t hi = s_shard ? (uint32_t)shard + 1 : nshards;
         for (uint32_t i = lo; i < hi; i++) {
             int rc = dump_shard(log, i, from, &c);
-            if (rc == DUMP_STOP + 10)
+            if (rc == DUMP_LIMIT)
                 break;
             if (rc > status)
                 status = rc;

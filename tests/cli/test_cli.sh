@@ -356,9 +356,15 @@ expect_status "verify of a clean log exits 0" 0 "$BIN" verify "$D"
 
 # A flipped byte in a sealed segment: verify must find it and name it.
 cp -a "$D" "$TMP/flip"
+# The second compressed segment of shard 1 (the first holds only the
+# conv_created records of the opening group).
 SEALED=$(ls "$TMP"/flip/shard-0001/*.zlog 2>/dev/null | sed -n 2p)
-[ -n "$SEALED" ] || SEALED=$(ls "$TMP"/flip/shard-*/*.zlog | head -1)
+if [ -n "$SEALED" ]; then ok "shard 1 has sealed, compressed segments"; else
+    not_ok "shard 1 has sealed, compressed segments"
+    SEALED="$TMP/flip/shard-0001/missing.zlog"
+fi
 SEG=$(basename "$SEALED" .zlog)
+SEGEND=$("$BIN" ls "$D" --shard 1 | awk -v s="$SEG" '$1 == s { print $2 + 0 }')
 "$PY" -c '
 import sys
 p = sys.argv[1]; b = bytearray(open(p, "rb").read())
@@ -374,6 +380,18 @@ if [ "$(wc -l <"$ERR")" -eq 1 ]; then ok "verify problems: one line on stderr"; 
     not_ok "verify problems: one line on stderr" "$(cat "$ERR")"
 fi
 
+# Recovery trusts the valid sidecar and does not read the blocks, so the
+# damage shows up on read: dump must skip past it, say so and exit 1.
+total=$(grep -c '"shard":1,' "$TMP/dump.jsonl")
+run "$BIN" dump "$TMP/flip" --shard 1
+n=$(wc -l <"$OUT")
+if [ "$RC" -eq 1 ] && [ "$n" -gt 0 ] && [ "$n" -lt "$total" ] &&
+    grep -q '^chatlog dump: shard 1: offsets [0-9]*\.\.[0-9]* unreadable' "$ERR"; then
+    ok "dump skips data that fails on read, reports it and exits 1"
+else
+    not_ok "dump skips data that fails on read, reports it and exits 1" "exit $RC, $n of $total lines: $(head -c 300 "$ERR")"
+fi
+
 # The same damage with the sidecar index gone, so that recovery has to scan
 # the segment and fences it off: recover exits 1 naming it; dump serves the
 # rest, reports the skipped range and exits 1.
@@ -387,11 +405,33 @@ else
 fi
 run "$BIN" dump "$TMP/flip" --shard 1
 n=$(wc -l <"$OUT")
-total=$(grep -c '"shard":1,' "$TMP/dump.jsonl")
-if [ "$RC" -eq 1 ] && [ "$n" -gt 0 ] && [ "$n" -lt "$total" ] && grep -q "unreadable (segment $SEG" "$ERR"; then
+if [ "$RC" -eq 1 ] && [ "$n" -gt 0 ] && [ "$n" -lt "$total" ] &&
+    grep -q "unreadable (fenced by recovery in segment $SEG" "$ERR"; then
     ok "dump skips the fenced range, reports it and exits 1"
 else
     not_ok "dump skips the fenced range, reports it and exits 1" "exit $RC, $n of $total lines: $(head -c 300 "$ERR")"
+fi
+
+# A conversation with messages in the fenced segment: dump --conv prints
+# the rest in order and reports the skipped msg_ids.
+DCONV=$("$PY" -c '
+import json, sys
+first = {}
+for o in map(json.loads, open(sys.argv[1])):
+    if o["type"] == "message" and o["shard"] == 1 and o["msg_id"] == 1:
+        first[o["conv_id"]] = o["offset"]
+lo, hi = int(sys.argv[2]), int(sys.argv[3])
+print(next(c for c, off in first.items() if lo <= off < hi))
+' "$TMP/dump.jsonl" "$((10#$SEG))" "$SEGEND" 2>/dev/null)
+run "$BIN" dump "$TMP/flip" --conv "$DCONV"
+if [ "$RC" -eq 1 ] && grep -q "conversation $DCONV: msg_ids* 1\(\.\.[0-9]*\)* unreadable" "$ERR" &&
+    "$PY" -c '
+import json, sys
+ids = [json.loads(l)["msg_id"] for l in open(sys.argv[1])]
+assert ids == sorted(ids) and 1 not in ids' "$OUT"; then
+    ok "dump --conv steps over damaged messages, reports them and exits 1"
+else
+    not_ok "dump --conv steps over damaged messages, reports them and exits 1" "conv '$DCONV' exit $RC: $(head -c 300 "$ERR")"
 fi
 
 # ---- recover: a torn tail --------------------------------------------------
