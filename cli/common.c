@@ -9,6 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
+
+#define CLI_OPEN_ATTEMPTS 20
 
 #include "errors.h"
 
@@ -160,8 +163,11 @@ static void on_engine_log(void *arg, int level, const char *msg)
     fprintf(stderr, "chatlog %s: engine: %s\n", engine_log.cmd, msg);
 }
 
-int cli_log_open(const char *cmd, const char *dir, log_options *opt,
-                 log_t **out)
+/* log_open with engine lines routed as cli_log_open describes. Returns the
+ * engine's code; an ERROR line logged meanwhile is held in
+ * engine_log.error. */
+static int open_routed(const char *cmd, const char *dir, log_options *opt,
+                       log_t **out)
 {
     engine_log.cmd = cmd;
     engine_log.opening = 1;
@@ -170,6 +176,12 @@ int cli_log_open(const char *cmd, const char *dir, log_options *opt,
     opt->log_arg = NULL;
     int rc = log_open(dir, opt, out);
     engine_log.opening = 0;
+    return rc;
+}
+
+/* Turn open_routed's result into the one-line reason and a CLI status. */
+static int open_report(const char *cmd, const char *dir, int rc)
+{
     if (rc != 0) {
         if (engine_log.error[0])
             cli_err(cmd, "%s: cannot open: %s (%s)", dir, cl_strerror(rc),
@@ -182,6 +194,12 @@ int cli_log_open(const char *cmd, const char *dir, log_options *opt,
     if (engine_log.error[0])
         fprintf(stderr, "chatlog %s: engine: %s\n", cmd, engine_log.error);
     return CLI_OK;
+}
+
+int cli_log_open(const char *cmd, const char *dir, log_options *opt,
+                 log_t **out)
+{
+    return open_report(cmd, dir, open_routed(cmd, dir, opt, out));
 }
 
 int cli_open(const char *cmd, const char *dir, int read_only, log_t **out)
@@ -208,9 +226,20 @@ int cli_open(const char *cmd, const char *dir, int read_only, log_t **out)
         cli_err(cmd, "%s: not a chatlog data directory (no MANIFEST)", dir);
         return CLI_FAIL;
     }
-    log_options opt = {0};
-    opt.read_only = read_only;
-    return cli_log_open(cmd, dir, &opt, out);
+    /* A read-only open lists each shard directory and then opens the files
+     * it saw; a live writer's sealer may meanwhile replace a .log with its
+     * .zlog, and the open fails with -ENOENT. Listing again fixes that, so
+     * retry a few times before giving up. */
+    for (int attempt = 1;; attempt++) {
+        log_options opt = {0};
+        opt.read_only = read_only;
+        rc = open_routed(cmd, dir, &opt, out);
+        if (rc != -ENOENT || !read_only || attempt == CLI_OPEN_ATTEMPTS)
+            break;
+        struct timespec ts = {0, 20 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    return open_report(cmd, dir, rc);
 }
 
 void cli_fmt_offset(char out[21], uint64_t offset)
