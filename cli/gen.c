@@ -15,7 +15,7 @@
  *
  * Members are not stored: member j of a conversation is user
  * (base + j * stride) mod U, with U prime so that any stride in [1, U)
- * gives distinct members. Memory is about 40 bytes per conversation plus a
+ * gives distinct members. Memory is about 44 bytes per conversation plus a
  * bounded number of appends in flight: the generator keeps up to --inflight
  * appends outstanding (a mutex and condition variable bound it) so that the
  * engine's group commit has something to group.
