@@ -17,6 +17,7 @@ const char *cl_strerror(int err)
     case CL_ETOOBIG: return "record or batch too large";
     case CL_ENOMEM: return "out of memory";
     case CL_EBUSY: return "too many pending appends";
+    case CL_EDAMAGED: return "shard has unrepaired damage; writes refused";
     }
     if (err < 0 && err > -4096)
         return strerror(-err);

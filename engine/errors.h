@@ -19,6 +19,8 @@ enum {
     CL_ETOOBIG = -30009,    /* a record or batch exceeds a size limit */
     CL_ENOMEM = -30010,     /* allocation failed */
     CL_EBUSY = -30011,      /* too many appends pending (back-pressure) */
+    CL_EDAMAGED = -30012,   /* unrepaired damage of unknown content: writes
+                               refused so that no msg_id is reused */
 };
 
 /* A static, human-readable description of any code (project or -errno). */

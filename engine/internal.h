@@ -215,6 +215,10 @@ struct shard {
     uint64_t records, messages;
     uint64_t gen; /* bumped by truncation and segment swaps */
     int failed;   /* sticky error, read under qmu or lock */
+    /* Recovery found damage whose records it could not identify: the
+     * msg_ids in it are unknown, so appends are refused (CL_EDAMAGED) rather
+     * than risk handing out an acked msg_id again. Lifted by repair. */
+    int write_fenced;
     log_damage *damage;
     uint32_t ndamage, capdamage;
 

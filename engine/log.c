@@ -640,6 +640,7 @@ int log_append(log_t *log, const rec_view *rec, log_append_cb cb, void *arg)
     pthread_mutex_lock(&s->qmu);
     int rc = s->stopping ? CL_ECLOSED
              : s->failed ? CL_EFAILED
+             : s->write_fenced ? CL_EDAMAGED
              : s->qlen >= log->opt.max_pending ? CL_EBUSY
                                                 : 0;
     if (rc == 0) {
@@ -1104,7 +1105,7 @@ int log_shard_info_get(log_t *log, uint32_t shard_id, log_shard_info *out)
         out->raw_bytes += s->segs[i]->raw_size;
         out->disk_bytes += s->segs[i]->disk_bytes;
     }
-    out->failed = s->failed;
+    out->failed = s->failed ? s->failed : s->write_fenced ? CL_EDAMAGED : 0;
     out->index_bytes = idx_memory(&s->convs);
     pthread_rwlock_unlock(&s->lock);
     return 0;

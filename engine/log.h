@@ -115,8 +115,9 @@ typedef void (*log_append_cb)(void *arg, int status,
  * be 0: the writer assigns the next id of the conversation. ts_ms 0 means
  * "now" (the writer stamps it, never earlier than the shard's previous
  * record). Returns 0 and cb is called exactly once later on the writer thread;
- * or returns CL_EINVAL, CL_ETOOBIG, CL_EBUSY, CL_EFAILED or CL_ECLOSED and cb
- * is never called. */
+ * or returns CL_EINVAL, CL_ETOOBIG, CL_EBUSY, CL_EFAILED, CL_EDAMAGED (the
+ * shard holds damage recovery could not identify, so it cannot know which
+ * msg_ids are taken) or CL_ECLOSED and cb is never called. */
 int log_append(log_t *log, const rec_view *rec, log_append_cb cb, void *arg);
 
 /* ---- reading ---- */
@@ -183,8 +184,9 @@ typedef struct log_segment_info {
 
 typedef struct log_shard_info {
     uint32_t shard;
-    uint64_t next_offset;    /* offset the next record will get */
-    uint64_t durable_offset; /* records below this are durable */
+    uint64_t next_offset;    /* offset after the last durable record */
+    uint64_t durable_offset; /* records below this are durable (same value
+                                until replication separates them) */
     uint64_t term;
     uint64_t records;
     uint64_t messages;
@@ -194,7 +196,8 @@ typedef struct log_shard_info {
     uint32_t segments;
     uint32_t damaged_ranges;
     uint64_t index_bytes; /* memory held by the conversation index */
-    int failed; /* 0, or the error that failed the shard */
+    int failed; /* 0, the error that failed the shard, or CL_EDAMAGED when
+                   writes are refused because of unidentified damage */
 } log_shard_info;
 
 int log_shard_info_get(log_t *log, uint32_t shard, log_shard_info *out);

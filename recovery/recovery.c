@@ -100,16 +100,27 @@ static int has(const uint64_t *a, size_t n, uint64_t v)
 
 /* ---- indexing records ---- */
 
-/* Record one damaged range. */
+enum { KNOWN = 0, UNKNOWN = 1 };
+
+/* Record one damaged range. unknown: the records in it could not be
+ * identified, so the msg_ids they took are unknown and the shard must refuse
+ * writes until repaired. */
 static void damage(shard *s, uint64_t seg_base, uint64_t pos, uint64_t bytes,
-                   uint64_t first_off, uint64_t end_off, int err, int torn)
+                   uint64_t first_off, uint64_t end_off, int err, int torn,
+                   int unknown)
 {
     log_damage d = {s->id, seg_base, pos, bytes, first_off, end_off, err, torn};
     shard__add_damage_locked(s, &d);
+    if (unknown && !s->write_fenced) {
+        s->write_fenced = 1;
+        log__msg(s->log, LOG_ERROR,
+                 "shard %u: damaged records could not be identified; writes "
+                 "to this shard are refused until it is repaired", s->id);
+    }
     if (!torn)
         log__msg(s->log, LOG_ERROR,
                  "shard %u: %s in segment %020llu at byte %llu (%llu bytes, "
-                 "offsets %llu..%llu) — kept and fenced off, not truncated",
+                 "offsets [%llu, %llu)) — kept and fenced off, not truncated",
                  s->id, cl_strerror(err), (unsigned long long)seg_base,
                  (unsigned long long)pos, (unsigned long long)bytes,
                  (unsigned long long)first_off, (unsigned long long)end_off);
@@ -128,7 +139,10 @@ static int index_record(shard *s, seg *sg, uint64_t offset, uint64_t conv_id,
         return CL_ENOMEM;
     /* Bound what a bad msg_id can make us allocate. */
     if (msg_id <= c->n || msg_id - c->n > (1u << 20)) {
-        damage(s, sg->base, pos, 0, offset, offset + 1, CL_ECORRUPT, 0);
+        /* A repeated id is known bad; an absurd jump leaves the sequence's
+         * true end unknown. */
+        damage(s, sg->base, pos, 0, offset, offset + 1, CL_ECORRUPT, 0,
+               msg_id <= c->n ? KNOWN : UNKNOWN);
         return 0;
     }
     while (c->n + 1 < msg_id) {
@@ -218,7 +232,7 @@ static int scan_raw(shard *s, seg *sg, const uint8_t *buf, uint64_t len,
         if (bad >= len)
             break;
         if (active && len - bad <= LOG_MAX_WRITE_BYTES) {
-            damage(s, sg->base, bad, len - bad, off, off, err == CL_ETRUNC ? CL_ETRUNC : err, 1);
+            damage(s, sg->base, bad, len - bad, off, off, err, 1, KNOWN);
             len = bad;
             break;
         }
@@ -226,7 +240,7 @@ static int scan_raw(shard *s, seg *sg, const uint8_t *buf, uint64_t len,
         int64_t q = resync(s, buf, len, bad + 1, &h);
         uint64_t stop = q < 0 ? len : (uint64_t)q;
         uint64_t end_off = q < 0 ? off : h.first_offset;
-        damage(s, sg->base, bad, stop - bad, off, end_off, err, 0);
+        damage(s, sg->base, bad, stop - bad, off, end_off, err, 0, UNKNOWN);
         if (active)
             *fresh_active = 1;
         if (q < 0)
@@ -234,7 +248,7 @@ static int scan_raw(shard *s, seg *sg, const uint8_t *buf, uint64_t len,
         if (h.first_offset < off) {
             /* Offsets going backwards: nothing after this can be trusted. */
             damage(s, sg->base, stop, len - stop, h.first_offset, off,
-                   CL_EMISPLACED, 0);
+                   CL_EMISPLACED, 0, UNKNOWN);
             break;
         }
         off = h.first_offset;
@@ -290,7 +304,7 @@ static int scan_zlog(shard *s, seg *sg, uint64_t zend)
                     next_off = h.first_offset;
             }
             damage(s, sg->base, b->raw_pos + bad, b->raw_len - bad, off,
-                   next_off, err, 0);
+                   next_off, err, 0, UNKNOWN);
             if (next_off > off)
                 off = next_off;
         }
@@ -391,7 +405,7 @@ static int recover_segment(shard *s, uint64_t base, int is_zlog, int is_last,
         if (rc == CL_ECORRUPT || rc == CL_ETRUNC) {
             /* The block table is unreadable: the whole segment is lost here
              * (a replica can repair it later). */
-            damage(s, base, 0, 0, base, next_base, rc, 0);
+            damage(s, base, 0, 0, base, next_base, rc, 0, UNKNOWN);
             sg->state = SEG_COMPRESSED;
             sg->end = next_base > base ? next_base : base;
             io->size(sg->f, &sg->disk_bytes);
@@ -569,11 +583,17 @@ int rcv_shard(shard *s)
         if (bases[i] != prev_end)
             damage(s, bases[i], 0, 0, prev_end < bases[i] ? prev_end : bases[i],
                    prev_end < bases[i] ? bases[i] : prev_end,
-                   bases[i] > prev_end ? CL_ETRUNC : CL_EMISPLACED, 0);
+                   bases[i] > prev_end ? CL_ETRUNC : CL_EMISPLACED, 0, UNKNOWN);
         uint64_t next_base = i + 1 < nb ? bases[i + 1] : 0;
         rc = recover_segment(s, bases[i], zflag[i], i + 1 == nb,
                              has(l.idxs, l.nidx, bases[i]), next_base,
                              &fresh_active);
+        if (rc == -ENOENT && ro && !zflag[i]) {
+            /* Read-only beside a live writer: the sealer replaced the .log
+             * with its .zlog (and sidecar) after we listed the directory. */
+            rc = recover_segment(s, bases[i], 1, i + 1 == nb, 1, next_base,
+                                 &fresh_active);
+        }
     }
     free(bases);
     free(zflag);

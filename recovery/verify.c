@@ -15,6 +15,8 @@
 #include "errors.h"
 #include "internal.h"
 
+#define VERIFY_MAX_LINES 20
+
 typedef struct vstate {
     FILE *out;
     int problems;
@@ -26,13 +28,16 @@ static void problem(vstate *v, const char *fmt, ...)
 
 static void problem(vstate *v, const char *fmt, ...)
 {
+    /* The first problems name the place; past that, count only: one bad
+     * segment can make every later msg_id check fail. */
+    if (++v->problems > VERIFY_MAX_LINES)
+        return;
     va_list ap;
     va_start(ap, fmt);
     fputs("verify: ", v->out);
     vfprintf(v->out, fmt, ap);
     fputc('\n', v->out);
     va_end(ap);
-    v->problems++;
 }
 
 static void damage_cb(void *arg, const log_damage *d)
@@ -46,7 +51,7 @@ static void damage_cb(void *arg, const log_damage *d)
                 (unsigned long long)d->bytes, (unsigned long long)d->file_pos);
         return;
     }
-    problem(v, "shard %u segment %020llu byte %llu: %s (%llu bytes, offsets %llu..%llu)",
+    problem(v, "shard %u segment %020llu byte %llu: %s (%llu bytes, offsets [%llu, %llu))",
             d->shard, (unsigned long long)d->seg_base,
             (unsigned long long)d->file_pos, cl_strerror(d->err),
             (unsigned long long)d->bytes, (unsigned long long)d->first_offset,
@@ -167,5 +172,7 @@ int rcv_verify(const char *dir, FILE *report)
     log_close(log);
     if (v.problems == 0)
         fprintf(report, "verify: %s: ok\n", dir);
+    else if (v.problems > VERIFY_MAX_LINES)
+        fprintf(report, "verify: ... %d problems in all\n", v.problems);
     return v.problems ? 1 : 0;
 }
