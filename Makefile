@@ -50,7 +50,7 @@ CHATLOG := $(BUILD)/chatlog
 UNIT := $(BUILD)/tests/unit
 CRASH := $(BUILD)/tests/crash
 
-.PHONY: all deps test test-plain test-san bench run clean fuzz
+.PHONY: all deps test bench run clean
 all: $(CHATLOG) $(UNIT) $(CRASH) $(BENCH_BIN)
 
 deps: $(DEPS_STAMP)
@@ -105,3 +105,6 @@ clean:
 	rm -rf build build-san
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+
+# libFuzzer targets and corpus replay (owned by fuzz/fuzz.mk).
+-include fuzz/fuzz.mk
