@@ -24,9 +24,10 @@ PROTOC_C ?= protoc-c
 CFLAGS ?=
 CFLAGS += -std=c11 -D_GNU_SOURCE -g $(OPT) -Wall -Wextra -Werror -Wshadow \
           -Wstrict-prototypes -Wmissing-prototypes -Wno-unused-parameter -Wno-format-truncation \
-          -Iengine -Irecovery -Itests/support -I$(BUILD)/gen -MMD -MP
+          -Iengine -Irecovery -Iserver -Itests/support -I$(BUILD)/gen -MMD -MP
 LDFLAGS += $(if $(SANITIZE),-fsanitize=$(SANITIZE))
 LDLIBS += -lxxhash -lzstd -lprotobuf-c -lpthread
+SERVER_LDLIBS := -levent -levent_pthreads -levent_openssl -lssl -lcrypto -ljwt -ljansson
 
 DEPS_STAMP := build/.deps-installed
 
@@ -36,10 +37,16 @@ PROTO_H := $(PROTO_C:.c=.h)
 
 LIB_SRC := $(wildcard engine/*.c) $(wildcard recovery/*.c)
 LIB_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(LIB_SRC)) $(PROTO_C:.c=.o)
+# server/main.c holds main(); everything else in server/ is a library that
+# tests link too.
+SERVER_SRC := $(filter-out server/main.c,$(wildcard server/*.c))
+SERVER_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(SERVER_SRC))
+SERVER_LIB := $(BUILD)/libchatd.a
+CHATD := $(BUILD)/chatd
 CLI_SRC := $(wildcard cli/*.c)
 CLI_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(CLI_SRC))
 UNIT_SRC := $(wildcard tests/support/*.c) $(wildcard tests/engine/*.c) \
-            $(wildcard tests/recovery/*.c)
+            $(wildcard tests/recovery/*.c) $(wildcard tests/server/*.c)
 UNIT_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(UNIT_SRC))
 CRASH_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard tests/crash/*.c))
 BENCH_SRC := $(wildcard bench/*.c)
@@ -51,7 +58,7 @@ UNIT := $(BUILD)/tests/unit
 CRASH := $(BUILD)/tests/crash
 
 .PHONY: all deps test bench run clean
-all: $(CHATLOG) $(UNIT) $(CRASH) $(BENCH_BIN)
+all: $(CHATLOG) $(if $(wildcard server/main.c),$(CHATD)) $(UNIT) $(CRASH) $(BENCH_BIN)
 
 deps: $(DEPS_STAMP)
 $(DEPS_STAMP): scripts/install-deps.sh
@@ -73,12 +80,19 @@ $(LIB): $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
+$(SERVER_LIB): $(SERVER_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
 $(CHATLOG): $(CLI_OBJ) $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(UNIT): $(UNIT_OBJ) $(LIB)
+$(CHATD): $(BUILD)/server/main.o $(SERVER_LIB) $(LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ $(SERVER_LDLIBS) $(LDLIBS)
+
+$(UNIT): $(UNIT_OBJ) $(SERVER_LIB) $(LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(CC) $(LDFLAGS) -o $@ $^ $(SERVER_LDLIBS) $(LDLIBS)
 
 $(CRASH): $(CRASH_OBJ) $(LIB)
 	@mkdir -p $(dir $@)

@@ -7,7 +7,7 @@ pkgs=(
   build-essential pkg-config clang libclang-rt-14-dev
   libevent-dev libxxhash-dev libzstd-dev
   libprotobuf-c-dev protobuf-c-compiler
-  libssl-dev
+  libssl-dev libjwt-dev libjansson-dev
 )
 
 missing=()
