@@ -1,0 +1,246 @@
+/*
+ * chatd.h — the server's shared types: the server, connections, users,
+ * conversations. Everything here lives on the event-loop thread; the only
+ * cross-thread path is the inbox (srv_post), through which the engine's
+ * writer threads hand over committed records and append results.
+ *
+ * Module prefixes: srv_ (server core, main loop), conn_ (connection I/O),
+ * gw_ (WebSocket sessions: chat.v1), rest_ (JSON API), st_ (chat state),
+ * ws_ (WebSocket codec), http_ (HTTP parser), auth_ (JWT), met_ (metrics).
+ */
+#ifndef CHATLOG_CHATD_H
+#define CHATLOG_CHATD_H
+
+#include <openssl/ssl.h>
+#include <pthread.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "errors.h"
+#include "http.h"
+#include "log.h"
+#include "map.h"
+#include "ws.h"
+
+struct event_base;
+struct event;
+
+/* ---- shared output buffers ----
+ * A blob is encoded once and queued on any number of connections (fan-out);
+ * the last connection to finish with it frees it. */
+typedef struct blob {
+    uint32_t refs;
+    uint32_t len;
+    uint8_t data[];
+} blob;
+
+blob *blob_new(size_t len);
+void blob_unref(blob *b);
+
+typedef struct outq {
+    struct outq *next;
+    blob *b;
+    uint32_t off;
+} outq;
+
+/* ---- error codes of chat.v1 Error frames and REST bodies ---- */
+enum gw_error {
+    GW_EBADFRAME = 1,      /* malformed or unexpected frame */
+    GW_ENOTMEMBER = 2,
+    GW_ENOTFOUND = 3,
+    GW_ETOOLARGE = 4,
+    GW_ERATELIMITED = 5,
+    GW_EOVERLOADED = 6,    /* engine queue full; retry later */
+    GW_EUNAUTHORIZED = 7,
+    GW_EINTERNAL = 8,      /* storage failed; not acked */
+    GW_ECONFLICT = 9,      /* same client_msg_id, different content */
+};
+const char *gw_error_name(int code);
+
+/* ---- token buckets ---- */
+typedef struct bucket {
+    double tokens;
+    int64_t last_ms;
+} bucket;
+/* Take one token; 1 if allowed. */
+int bucket_take(bucket *b, double rate, double burst, int64_t now_ms);
+
+/* ---- chat state ---- */
+enum conv_kind { CONV_DIRECT = 1, CONV_GROUP = 2 };
+
+typedef struct member {
+    uint64_t user_id;
+    uint64_t read_ptr;      /* READ position (moves forward only) */
+    uint64_t delivered_ptr; /* DELIVERED position */
+    /* msg_ids this member sent after its read_ptr: unread excludes them */
+    uint64_t *own;
+    uint32_t nown, capown;
+} member;
+
+typedef struct convo {
+    uint64_t conv_id;
+    int kind;
+    char *title;
+    uint64_t creator;
+    int64_t created_at;
+    member *members; /* sorted by user_id */
+    uint32_t nmembers, capmembers;
+    uint64_t last_msg_id; /* committed */
+    int committed;        /* its creation record is durable */
+} convo;
+
+struct conn;
+
+typedef struct user {
+    uint64_t user_id;
+    uint64_t *convs; /* conversations the user is a member of */
+    uint32_t nconvs, capconvs;
+    struct conn *devices; /* connected WebSocket sessions, linked by next_dev */
+    uint32_t ndevices, naway;
+    int64_t last_seen_ms;
+    bucket msgs;   /* Send rate */
+    bucket typing;
+    /* idempotency keys, oldest first (a FIFO through st's key table) */
+    struct idem *key_head, *key_tail;
+    uint32_t nkeys;
+} user;
+
+/* ---- connections ---- */
+enum conn_state {
+    CS_HTTP = 0,   /* reading an HTTP request */
+    CS_HELLO = 1,  /* WebSocket open, waiting for Hello */
+    CS_READY = 2,  /* session established */
+    CS_CLOSING = 3 /* close sent or fatal error: flush, then free */
+};
+
+typedef struct conn {
+    struct srv *srv;
+    uint64_t id; /* never reused; lets late engine callbacks find it */
+    int fd;
+    int state;
+    struct event *ev;  /* EV_READ|EV_WRITE as needed */
+    int want_write;
+    SSL *ssl;
+    /* input kept between reads: a partial HTTP request, or a partial
+     * WebSocket frame header (< 14 bytes) */
+    uint8_t *in;
+    uint32_t inlen, incap;
+    ws_parser ws; /* when upgraded */
+    int is_ws;
+    outq *out_head, *out_tail;
+    uint64_t out_bytes;
+    int64_t opened_ms, last_rx_ms, last_ping_ms;
+    bucket frames;
+    /* session */
+    user *u;
+    struct conn *next_dev; /* in u->devices */
+    char device_id[64];
+    int away;
+    int close_after_flush;
+    int64_t close_deadline_ms;
+    int dead;
+    int http_requests; /* served on this connection */
+    struct conn *next_all, *prev_all; /* srv->conns, or srv->dead */
+} conn;
+
+/* ---- inbox: engine threads → loop ---- */
+enum inbox_kind { IB_COMMIT = 1, IB_APPENDED = 2 };
+
+typedef struct inbox_item {
+    struct inbox_item *next;
+    int kind;
+    /* IB_APPENDED: result of an append made by a session or REST request */
+    int status;
+    log_append_result res;
+    void (*done)(struct srv *s, void *ctx, int status,
+                 const log_append_result *res);
+    void *ctx;
+    /* IB_COMMIT: one committed record (copied) */
+    log_entry e;
+    uint8_t data[];
+} inbox_item;
+
+typedef struct srv {
+    chatd_config cfg;
+    struct event_base *base;
+    log_t *log;
+    uint8_t *secret;
+    size_t secret_len;
+    SSL_CTX *ssl_ctx;
+    int listen_fd;
+    struct event *listen_ev, *tick_ev, *wake_ev, *sig_int, *sig_term;
+    uint64_t next_conn_id;
+    conn *conns;        /* every open connection */
+    u64map conn_by_id;  /* id → conn, for late engine callbacks */
+    conn *dead;         /* closed, freed by conn_reap() */
+    uint32_t nconns;
+    int64_t last_limit_log_ms;
+    int stopping;
+    uint8_t *rbuf; /* shared read buffer */
+    size_t rbuf_cap;
+
+    pthread_mutex_t inbox_mu;
+    inbox_item *inbox_head, *inbox_tail;
+
+    struct st *st; /* chat state */
+    struct met *met;
+    uint64_t inflight; /* appends not yet answered */
+} srv;
+
+/* srv.c */
+int64_t srv_now_ms(void);
+void srv_log(srv *s, int level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Append a record; done runs on the loop thread with the result. Returns 0
+ * or the engine's error (done is then never called). */
+int srv_append(srv *s, const rec_view *rec,
+               void (*done)(srv *s, void *ctx, int status,
+                            const log_append_result *res),
+               void *ctx);
+int srv_run(srv *s);
+
+/* conn.c */
+void conn_send_blob(conn *c, blob *b); /* takes a reference */
+void conn_send(conn *c, const void *data, size_t len);
+void conn_close(conn *c, int ws_code, const char *reason);
+conn *conn_find(srv *s, uint64_t id);
+/* Free connections closed since the last call; safe points only (end of an
+ * event callback). */
+void conn_reap(srv *s);
+int conn_accept_setup(srv *s);
+void conn_tick(srv *s, int64_t now);
+void conn_free_all(srv *s);
+
+/* gateway.c (chat.v1 over WebSocket) */
+int gw_on_message(conn *c, const uint8_t *data, size_t len);
+void gw_on_close(conn *c);
+void gw_on_commit(srv *s, const log_entry *e);
+void gw_tick(srv *s, int64_t now);
+
+/* Shared by WebSocket Send and REST POST .../messages: validate, dedupe,
+ * append. Returns 0 when the message was queued — done(ctx) then runs with
+ * the engine's result (done NULL: the session's own completion acks
+ * waiter_conn) — or answered from the key table: *dup_msg_id is the original
+ * msg_id (UINT64_MAX: the same request is still in flight; waiter_conn is
+ * acked when it lands). Else a GW_E* code and *why. */
+int gw_submit_message(srv *s, uint64_t sender, uint64_t conv_id, const char *body,
+                      size_t blen, const char *media, size_t mlen,
+                      const char *cmid, size_t clen, uint64_t waiter_conn,
+                      void (*done)(srv *, void *, int, const log_append_result *),
+                      void *ctx, uint64_t *dup_msg_id, int64_t *dup_ts,
+                      const char **why);
+/* Store a member's DELIVERED (read=0) or READ position; a position that does
+ * not move forward is accepted and ignored. 0 or a GW_E* code and *why. */
+int gw_submit_pointer(srv *s, uint64_t uid, uint64_t conv_id, int read,
+                      uint64_t up_to, uint64_t conn_id, const char **why);
+
+/* rest.c (JSON API); returns 0 or -1 to close the connection */
+int rest_handle(conn *c, const http_req *r, const uint8_t *body, size_t blen);
+
+/* http responses */
+void conn_http_reply(conn *c, int status, const char *ctype, const void *body,
+                     size_t len, int keep_alive);
+void conn_http_error(conn *c, int status, int code, const char *msg,
+                     int keep_alive);
+
+#endif

@@ -1,0 +1,783 @@
+/*
+ * conn.c — connections: accept, read, write, HTTP routing, the WebSocket
+ * upgrade, timeouts.
+ *
+ * Memory per idle connection is kept small on purpose (target 2 KiB): no
+ * per-connection read buffer (reads land in one shared buffer; only a
+ * partial HTTP request or a partial WebSocket frame header is kept), no timer
+ * per connection (one tick a second walks them all), and output is a queue of
+ * references to shared blobs, so a message fanned out to 250 members is
+ * encoded once.
+ *
+ * A connection is never freed inside a call that might still use it:
+ * conn_close() marks it dead and moves it to srv->dead; conn_reap() frees
+ * the dead at the end of each event callback.
+ */
+#include <errno.h>
+#include <event2/event.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "chatd.h"
+#include "metrics.h"
+#include "state.h"
+
+#define RBUF_SIZE (64 * 1024)
+#define CLOSE_GRACE_MS 2000
+
+blob *blob_new(size_t len)
+{
+    blob *b = malloc(sizeof *b + (len ? len : 1));
+    if (!b)
+        return NULL;
+    b->refs = 1;
+    b->len = (uint32_t)len;
+    return b;
+}
+
+void blob_unref(blob *b)
+{
+    if (b && --b->refs == 0)
+        free(b);
+}
+
+conn *conn_find(srv *s, uint64_t id) { return map_get(&s->conn_by_id, id); }
+
+static void conn_event(evutil_socket_t fd, short what, void *arg);
+
+static void update_events(conn *c)
+{
+    int want = c->out_head != NULL;
+    if (want == c->want_write || c->dead)
+        return;
+    c->want_write = want;
+    event_del(c->ev);
+    event_assign(c->ev, c->srv->base, c->fd,
+                 EV_READ | EV_PERSIST | (want ? EV_WRITE : 0), conn_event, c);
+    event_add(c->ev, NULL);
+}
+
+/* ---- writing ---- */
+
+static void flush_out(conn *c)
+{
+    while (c->out_head && !c->dead) {
+        if (c->ssl) {
+            outq *q = c->out_head;
+            ERR_clear_error();
+            int n = SSL_write(c->ssl, q->b->data + q->off, (int)(q->b->len - q->off));
+            if (n <= 0) {
+                int e = SSL_get_error(c->ssl, n);
+                if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ)
+                    break;
+                conn_close(c, 0, NULL);
+                return;
+            }
+            q->off += (uint32_t)n;
+            c->out_bytes -= (uint64_t)n;
+            if (q->off == q->b->len) {
+                c->out_head = q->next;
+                if (!c->out_head)
+                    c->out_tail = NULL;
+                blob_unref(q->b);
+                free(q);
+            }
+            continue;
+        }
+        struct iovec iov[64];
+        int n = 0;
+        for (outq *q = c->out_head; q && n < 64; q = q->next, n++) {
+            iov[n].iov_base = q->b->data + q->off;
+            iov[n].iov_len = q->b->len - q->off;
+        }
+        ssize_t w = writev(c->fd, iov, n);
+        if (w < 0) {
+            if (errno == EAGAIN || errno == EINTR)
+                break;
+            conn_close(c, 0, NULL);
+            return;
+        }
+        c->out_bytes -= (uint64_t)w;
+        while (w > 0) {
+            outq *q = c->out_head;
+            size_t left = q->b->len - q->off;
+            if ((size_t)w < left) {
+                q->off += (uint32_t)w;
+                break;
+            }
+            w -= (ssize_t)left;
+            c->out_head = q->next;
+            if (!c->out_head)
+                c->out_tail = NULL;
+            blob_unref(q->b);
+            free(q);
+        }
+    }
+    if (!c->dead && !c->out_head && c->close_after_flush) {
+        shutdown(c->fd, SHUT_WR);
+        conn_close(c, 0, NULL);
+        return;
+    }
+    if (!c->dead)
+        update_events(c);
+}
+
+static void drop_queue(conn *c, int keep_partial)
+{
+    outq *q = c->out_head;
+    outq *keep = NULL;
+    if (keep_partial && q && q->off > 0) {
+        keep = q;
+        q = q->next;
+        keep->next = NULL;
+    }
+    while (q) {
+        outq *n = q->next;
+        c->out_bytes -= q->b->len - q->off;
+        blob_unref(q->b);
+        free(q);
+        q = n;
+    }
+    c->out_head = c->out_tail = keep;
+}
+
+static void enqueue(conn *c, blob *b)
+{
+    outq *q = malloc(sizeof *q);
+    if (!q) {
+        blob_unref(b);
+        conn_close(c, 0, NULL);
+        return;
+    }
+    q->next = NULL;
+    q->b = b;
+    q->off = 0;
+    if (c->out_tail)
+        c->out_tail->next = q;
+    else
+        c->out_head = q;
+    c->out_tail = q;
+    c->out_bytes += b->len;
+}
+
+void conn_send_blob(conn *c, blob *b)
+{
+    if (c->dead || (c->close_after_flush && c->state == CS_CLOSING)) {
+        return;
+    }
+    b->refs++;
+    enqueue(c, b);
+    if (c->dead)
+        return;
+    if (c->out_bytes > c->srv->cfg.max_pending_out_bytes) {
+        /* A slow consumer: drop what it has not read instead of growing;
+         * it resyncs on reconnect. */
+        c->srv->met->slow_consumer_disconnects++;
+        srv_log(c->srv, LOG_INFO, "conn %llu: slow consumer (%llu bytes pending), closing 4008",
+                (unsigned long long)c->id, (unsigned long long)c->out_bytes);
+        drop_queue(c, 1);
+        conn_close(c, WS_CLOSE_SLOW_CONSUMER, "slow consumer");
+        return;
+    }
+    flush_out(c);
+}
+
+void conn_send(conn *c, const void *data, size_t len)
+{
+    blob *b = blob_new(len);
+    if (!b) {
+        conn_close(c, 0, NULL);
+        return;
+    }
+    memcpy(b->data, data, len);
+    conn_send_blob(c, b);
+    blob_unref(b);
+}
+
+/* ---- closing ---- */
+
+static void unlink_all(srv *s, conn *c)
+{
+    if (c->prev_all)
+        c->prev_all->next_all = c->next_all;
+    else
+        s->conns = c->next_all;
+    if (c->next_all)
+        c->next_all->prev_all = c->prev_all;
+    c->next_all = c->prev_all = NULL;
+}
+
+static void kill_conn(conn *c)
+{
+    srv *s = c->srv;
+    if (c->dead)
+        return;
+    if (c->state == CS_READY || c->state == CS_HELLO || c->u)
+        gw_on_close(c);
+    c->dead = 1;
+    event_del(c->ev);
+    unlink_all(s, c);
+    map_del(&s->conn_by_id, c->id);
+    c->next_all = s->dead;
+    s->dead = c;
+    s->nconns--;
+    s->met->connections_open--;
+}
+
+void conn_close(conn *c, int ws_code, const char *reason)
+{
+    if (c->dead)
+        return;
+    if (ws_code && c->is_ws && c->state != CS_CLOSING) {
+        uint8_t frame[2 + WS_MAX_CONTROL_PAYLOAD];
+        size_t n = ws_close_frame(frame, ws_code, reason ? reason : "");
+        if (c->u)
+            gw_on_close(c); /* the session ends now; only bytes remain */
+        c->state = CS_CLOSING;
+        c->close_after_flush = 1;
+        c->close_deadline_ms = srv_now_ms() + CLOSE_GRACE_MS;
+        blob *b = blob_new(n);
+        if (b) {
+            memcpy(b->data, frame, n);
+            enqueue(c, b);
+        }
+        if (!c->dead)
+            flush_out(c);
+        return;
+    }
+    kill_conn(c);
+}
+
+void conn_reap(srv *s)
+{
+    while (s->dead) {
+        conn *c = s->dead;
+        s->dead = c->next_all;
+        drop_queue(c, 0);
+        if (c->ssl)
+            SSL_free(c->ssl);
+        close(c->fd);
+        event_free(c->ev);
+        ws_parser_free(&c->ws);
+        free(c->in);
+        free(c);
+    }
+}
+
+/* ---- HTTP ---- */
+
+void conn_http_reply(conn *c, int status, const char *ctype, const void *body,
+                     size_t len, int keep_alive)
+{
+    char head[512];
+    int n = snprintf(head, sizeof head,
+                     "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                     "Cache-Control: no-store\r\n%s\r\n",
+                     status, http_reason(status), ctype, len,
+                     keep_alive ? "" : "Connection: close\r\n");
+    blob *b = blob_new((size_t)n + len);
+    if (!b) {
+        conn_close(c, 0, NULL);
+        return;
+    }
+    memcpy(b->data, head, (size_t)n);
+    if (len)
+        memcpy(b->data + n, body, len);
+    if (!keep_alive)
+        c->close_after_flush = 1;
+    conn_send_blob(c, b);
+    blob_unref(b);
+}
+
+void conn_http_error(conn *c, int status, int code, const char *msg,
+                     int keep_alive)
+{
+    char body[512];
+    /* msg is ours (never peer bytes), but keep JSON valid anyway. */
+    char safe[256];
+    size_t k = 0;
+    for (const char *p = msg; *p && k < sizeof safe - 1; p++)
+        safe[k++] = (*p == '"' || *p == '\\' || (unsigned char)*p < 0x20) ? '\'' : *p;
+    safe[k] = 0;
+    int n = snprintf(body, sizeof body, "{\"error\":{\"code\":%d,\"name\":\"%s\",\"message\":\"%s\"}}",
+                     code, code ? gw_error_name(code) : "http", safe);
+    if (code > 0 && code < 16)
+        c->srv->met->errors_by_code[code]++;
+    conn_http_reply(c, status, "application/json", body, (size_t)n, keep_alive);
+}
+
+static int ws_upgrade(conn *c, const http_req *r)
+{
+    const char *up = http_header_get(r, "Upgrade");
+    const char *co = http_header_get(r, "Connection");
+    const char *ver = http_header_get(r, "Sec-WebSocket-Version");
+    const char *key = http_header_get(r, "Sec-WebSocket-Key");
+    const char *proto = http_header_get(r, "Sec-WebSocket-Protocol");
+    char accept[29];
+    if (strcmp(r->method, "GET") || !up || !http_list_has(up, "websocket") || !co ||
+        !http_list_has(co, "upgrade")) {
+        conn_http_error(c, 400, 0, "a WebSocket upgrade request is expected here", 0);
+        return 0;
+    }
+    if (!ver || strcmp(ver, "13")) {
+        static const char resp[] = "HTTP/1.1 426 Upgrade Required\r\nSec-WebSocket-Version: 13\r\n"
+                                   "Content-Length: 0\r\nConnection: close\r\n\r\n";
+        c->close_after_flush = 1;
+        conn_send(c, resp, sizeof resp - 1);
+        return 0;
+    }
+    if (!key || ws_accept_key(key, strlen(key), accept)) {
+        conn_http_error(c, 400, 0, "bad Sec-WebSocket-Key", 0);
+        return 0;
+    }
+    if (!proto || !http_list_has(proto, "chat.v1")) {
+        conn_http_error(c, 400, 0, "subprotocol chat.v1 required (Sec-WebSocket-Protocol)", 0);
+        return 0;
+    }
+    char resp[256];
+    int n = snprintf(resp, sizeof resp,
+                     "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                     "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n"
+                     "Sec-WebSocket-Protocol: chat.v1\r\n\r\n",
+                     accept);
+    conn_send(c, resp, (size_t)n);
+    if (c->dead)
+        return -1;
+    c->is_ws = 1;
+    c->state = CS_HELLO;
+    c->opened_ms = srv_now_ms(); /* Hello timeout counts from here */
+    ws_parser_init(&c->ws, c->srv->cfg.max_ws_message_bytes);
+    return 0;
+}
+
+static void serve_builtin(conn *c, const http_req *r, int ka)
+{
+    srv *s = c->srv;
+    if (!strcmp(r->path, "/healthz")) {
+        conn_http_reply(c, 200, "application/json", "{\"ok\":true}", 11, ka);
+    } else if (!strcmp(r->path, "/metrics")) {
+        size_t len = 0;
+        char *body = met_render(s->met, st_nconvs(s->st), st_nusers(s->st), &len);
+        if (!body) {
+            conn_http_error(c, 500, GW_EINTERNAL, "out of memory", 0);
+            return;
+        }
+        conn_http_reply(c, 200, "text/plain; version=0.0.4", body, len, ka);
+        free(body);
+    } else {
+        conn_http_error(c, 404, GW_ENOTFOUND, "no such path", ka);
+    }
+}
+
+/* Handle the requests in buf; returns bytes consumed, or -1 when the
+ * connection was closed or switched to WebSocket mid-buffer (then *ws_rest
+ * tells where the WebSocket bytes start). */
+static ssize_t handle_http(conn *c, char *buf, size_t len, size_t *ws_rest)
+{
+    srv *s = c->srv;
+    size_t used = 0;
+    while (used < len && !c->dead && !c->close_after_flush && c->state == CS_HTTP) {
+        http_req r;
+        int hl = http_parse_head(buf + used, len - used, s->cfg.max_head_bytes, &r);
+        if (hl == 0)
+            break;
+        if (hl < 0) {
+            conn_http_error(c, -hl, GW_EBADFRAME, "bad HTTP request", 0);
+            return -1;
+        }
+        if (r.content_length > s->cfg.max_http_body_bytes) {
+            conn_http_error(c, 413, GW_ETOOLARGE, "request body too large", 0);
+            return -1;
+        }
+        if ((size_t)hl + r.content_length > len - used)
+            break; /* wait for the body */
+        s->met->http_requests++;
+        c->http_requests++;
+        const uint8_t *body = (const uint8_t *)buf + used + hl;
+        size_t blen = (size_t)r.content_length;
+        used += (size_t)hl + blen;
+        c->last_rx_ms = srv_now_ms();
+        if (!strcmp(r.path, "/ws")) {
+            if (ws_upgrade(c, &r))
+                return -1;
+            if (c->is_ws) {
+                *ws_rest = used;
+                return (ssize_t)used;
+            }
+        } else if (!strncmp(r.path, "/api/", 5)) {
+            if (rest_handle(c, &r, body, blen))
+                return -1;
+        } else if (!strcmp(r.method, "GET") || !strcmp(r.method, "HEAD")) {
+            serve_builtin(c, &r, r.keep_alive);
+        } else {
+            conn_http_error(c, 405, GW_EBADFRAME, "method not allowed", 0);
+        }
+    }
+    return (ssize_t)used;
+}
+
+/* ---- WebSocket frames ---- */
+
+static int ws_cb(void *arg, int opcode, const uint8_t *data, size_t len,
+                 int close_code)
+{
+    conn *c = arg;
+    srv *s = c->srv;
+    switch (opcode) {
+    case WS_OP_BINARY:
+        s->met->frames_in++;
+        if (!bucket_take(&c->frames, s->cfg.conn_frames_per_sec,
+                         s->cfg.conn_frames_burst, srv_now_ms())) {
+            /* Over the frame rate: the frame is refused, not the
+             * connection (a Send gets a rate-limited Error). */
+            return gw_on_message(c, NULL, 0);
+        }
+        return gw_on_message(c, data, len);
+    case WS_OP_TEXT:
+        conn_close(c, WS_CLOSE_UNSUPPORTED, "chat.v1 uses binary frames");
+        return 1;
+    case WS_OP_PING: {
+        uint8_t out[10 + WS_MAX_CONTROL_PAYLOAD];
+        size_t h = ws_frame_header(out, WS_OP_PONG, len);
+        memcpy(out + h, data, len);
+        conn_send(c, out, h + len);
+        return c->dead;
+    }
+    case WS_OP_PONG:
+        return 0;
+    case WS_OP_CLOSE:
+        if (c->state == CS_CLOSING) {
+            /* Our close was answered: done. */
+            conn_close(c, 0, NULL);
+            return 1;
+        }
+        conn_close(c, close_code == WS_CLOSE_NO_STATUS ? WS_CLOSE_NORMAL : close_code, "");
+        return 1;
+    }
+    return 0;
+}
+
+static void handle_ws(conn *c, uint8_t *buf, size_t len)
+{
+    ssize_t used = ws_parse(&c->ws, buf, len, ws_cb, c);
+    if (c->dead)
+        return;
+    if (used < 0) {
+        int code = (int)-used;
+        if (code < 1000 || code > 4999)
+            code = WS_CLOSE_PROTOCOL;
+        conn_close(c, code, code == WS_CLOSE_TOO_BIG ? "message too large" : "protocol error");
+        return;
+    }
+    if (c->state == CS_CLOSING && c->close_after_flush)
+        return;
+    size_t rest = len - (size_t)used;
+    if (rest > WS_MAX_FRAME_HEADER) {
+        conn_close(c, WS_CLOSE_PROTOCOL, "protocol error");
+        return;
+    }
+    if (rest) {
+        if (c->incap < WS_MAX_FRAME_HEADER) {
+            uint8_t *n = realloc(c->in, WS_MAX_FRAME_HEADER);
+            if (!n) {
+                conn_close(c, 0, NULL);
+                return;
+            }
+            c->in = n;
+            c->incap = WS_MAX_FRAME_HEADER;
+        }
+        memmove(c->in, buf + used, rest);
+    }
+    c->inlen = (uint32_t)rest;
+}
+
+/* ---- reading ---- */
+
+static ssize_t conn_read(conn *c, uint8_t *buf, size_t cap)
+{
+    if (c->ssl) {
+        ERR_clear_error();
+        int n = SSL_read(c->ssl, buf, (int)cap);
+        if (n > 0)
+            return n;
+        int e = SSL_get_error(c->ssl, n);
+        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+            return -EAGAIN;
+        return 0;
+    }
+    ssize_t n = read(c->fd, buf, cap);
+    if (n < 0)
+        return errno == EINTR ? -EAGAIN : -errno;
+    return n;
+}
+
+static void on_readable(conn *c)
+{
+    srv *s = c->srv;
+    for (int rounds = 0; rounds < 16 && !c->dead; rounds++) {
+        /* Kept bytes first, then new ones, contiguous in the shared buffer
+         * (or in c->in itself for a growing HTTP request). */
+        uint8_t *buf;
+        size_t have = c->inlen, cap;
+        int http_big = !c->is_ws && c->inlen > 0;
+        if (http_big) {
+            size_t want = s->cfg.max_head_bytes + s->cfg.max_http_body_bytes;
+            if (c->incap < want) {
+                size_t ncap = c->incap ? c->incap * 2 : 16384;
+                if (ncap > want)
+                    ncap = want;
+                if (ncap <= c->incap) {
+                    conn_http_error(c, 431, GW_ETOOLARGE, "request too large", 0);
+                    return;
+                }
+                uint8_t *n = realloc(c->in, ncap);
+                if (!n) {
+                    conn_close(c, 0, NULL);
+                    return;
+                }
+                c->in = n;
+                c->incap = (uint32_t)ncap;
+            }
+            buf = c->in;
+            cap = c->incap;
+            if (have == cap) {
+                conn_http_error(c, 413, GW_ETOOLARGE, "request too large", 0);
+                return;
+            }
+        } else {
+            buf = s->rbuf;
+            cap = s->rbuf_cap;
+            if (have)
+                memcpy(buf, c->in, have);
+        }
+        ssize_t n = conn_read(c, buf + have, cap - have - 1);
+        if (n == -EAGAIN)
+            return;
+        if (n <= 0) {
+            conn_close(c, 0, NULL); /* EOF or error: half-open ends here */
+            return;
+        }
+        c->last_rx_ms = srv_now_ms();
+        size_t len = have + (size_t)n;
+        if (c->is_ws) {
+            handle_ws(c, buf, len);
+            continue;
+        }
+        buf[len] = 0;
+        size_t ws_rest = 0;
+        ssize_t used = handle_http(c, (char *)buf, len, &ws_rest);
+        if (used < 0 || c->dead)
+            return;
+        if (c->is_ws) {
+            c->inlen = 0;
+            if (ws_rest < len) {
+                uint8_t *tmp = malloc(len - ws_rest);
+                if (!tmp) {
+                    conn_close(c, 0, NULL);
+                    return;
+                }
+                memcpy(tmp, buf + ws_rest, len - ws_rest);
+                handle_ws(c, tmp, len - ws_rest);
+                free(tmp);
+            }
+            if (c->inlen == 0 && c->incap > WS_MAX_FRAME_HEADER) {
+                free(c->in);
+                c->in = NULL;
+                c->incap = 0;
+            }
+            continue;
+        }
+        size_t rest = len - (size_t)used;
+        if (rest == 0) {
+            c->inlen = 0;
+            if (c->incap > 16384) {
+                free(c->in);
+                c->in = NULL;
+                c->incap = 0;
+            }
+        } else if (buf == c->in) {
+            memmove(c->in, c->in + used, rest);
+            c->inlen = (uint32_t)rest;
+        } else {
+            if (c->incap < rest + 1) {
+                size_t ncap = rest + 4096;
+                uint8_t *nb = realloc(c->in, ncap);
+                if (!nb) {
+                    conn_close(c, 0, NULL);
+                    return;
+                }
+                c->in = nb;
+                c->incap = (uint32_t)ncap;
+            }
+            memcpy(c->in, buf + used, rest);
+            c->inlen = (uint32_t)rest;
+        }
+    }
+}
+
+static void conn_event(evutil_socket_t fd, short what, void *arg)
+{
+    conn *c = arg;
+    srv *s = c->srv;
+    (void)fd;
+    if (c->ssl && !SSL_is_init_finished(c->ssl)) {
+        ERR_clear_error();
+        int r = SSL_accept(c->ssl);
+        if (r <= 0) {
+            int e = SSL_get_error(c->ssl, r);
+            if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE)
+                conn_close(c, 0, NULL);
+            conn_reap(s);
+            return;
+        }
+    }
+    if (what & EV_WRITE)
+        flush_out(c);
+    if ((what & EV_READ) && !c->dead)
+        on_readable(c);
+    conn_reap(s);
+}
+
+/* ---- accepting ---- */
+
+static void on_accept(evutil_socket_t lfd, short what, void *arg)
+{
+    srv *s = arg;
+    (void)what;
+    for (int i = 0; i < 256; i++) {
+        int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EMFILE || errno == ENFILE) {
+                int64_t now = srv_now_ms();
+                if (now - s->last_limit_log_ms > 1000) {
+                    srv_log(s, LOG_WARN, "cannot accept: %s (open-file limit reached with %u connections)",
+                            strerror(errno), s->nconns);
+                    s->last_limit_log_ms = now;
+                }
+                s->met->connections_rejected++;
+            }
+            return;
+        }
+        if (s->nconns >= s->cfg.max_connections || s->stopping) {
+            static const char busy[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
+                                       "Connection: close\r\n\r\n";
+            ssize_t w = write(fd, busy, sizeof busy - 1);
+            (void)w;
+            close(fd);
+            s->met->connections_rejected++;
+            int64_t now = srv_now_ms();
+            if (now - s->last_limit_log_ms > 1000) {
+                srv_log(s, LOG_WARN, "connection limit reached (%u, max_connections); refusing",
+                        s->nconns);
+                s->last_limit_log_ms = now;
+            }
+            continue;
+        }
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        conn *c = calloc(1, sizeof *c);
+        if (!c) {
+            close(fd);
+            continue;
+        }
+        c->srv = s;
+        c->fd = fd;
+        c->id = ++s->next_conn_id;
+        c->opened_ms = c->last_rx_ms = srv_now_ms();
+        c->frames.tokens = s->cfg.conn_frames_burst;
+        c->frames.last_ms = c->opened_ms;
+        c->ev = event_new(s->base, fd, EV_READ | EV_PERSIST, conn_event, c);
+        if (s->ssl_ctx) {
+            c->ssl = SSL_new(s->ssl_ctx);
+            if (c->ssl)
+                SSL_set_fd(c->ssl, fd);
+        }
+        if (!c->ev || (s->ssl_ctx && !c->ssl) || map_put(&s->conn_by_id, c->id, c)) {
+            if (c->ev)
+                event_free(c->ev);
+            if (c->ssl)
+                SSL_free(c->ssl);
+            close(fd);
+            free(c);
+            continue;
+        }
+        c->next_all = s->conns;
+        if (s->conns)
+            s->conns->prev_all = c;
+        s->conns = c;
+        s->nconns++;
+        s->met->connections_total++;
+        s->met->connections_open++;
+        event_add(c->ev, NULL);
+    }
+}
+
+int conn_accept_setup(srv *s)
+{
+    s->rbuf_cap = RBUF_SIZE + 1024 * 1024;
+    s->rbuf = malloc(s->rbuf_cap);
+    if (!s->rbuf)
+        return -1;
+    s->listen_ev = event_new(s->base, s->listen_fd, EV_READ | EV_PERSIST, on_accept, s);
+    return s->listen_ev ? event_add(s->listen_ev, NULL) : -1;
+}
+
+void conn_tick(srv *s, int64_t now)
+{
+    const chatd_config *cfg = &s->cfg;
+    for (conn *c = s->conns, *next; c; c = next) {
+        next = c->next_all;
+        switch (c->state) {
+        case CS_HTTP:
+            if (c->http_requests == 0 || c->inlen > 0) {
+                if (now - c->opened_ms > cfg->handshake_timeout_ms &&
+                    now - c->last_rx_ms > cfg->handshake_timeout_ms / 2) {
+                    if (c->inlen)
+                        conn_http_error(c, 408, 0, "request timeout", 0);
+                    else
+                        conn_close(c, 0, NULL);
+                }
+            } else if (now - c->last_rx_ms > cfg->idle_timeout_ms) {
+                conn_close(c, 0, NULL);
+            }
+            break;
+        case CS_HELLO:
+            if (now - c->opened_ms > cfg->handshake_timeout_ms)
+                conn_close(c, WS_CLOSE_UNAUTHORIZED, "no Hello in time");
+            break;
+        case CS_READY:
+            if (now - c->last_rx_ms > cfg->idle_timeout_ms) {
+                conn_close(c, WS_CLOSE_GOING_AWAY, "idle timeout");
+            } else if (now - c->last_rx_ms > cfg->ping_interval_ms &&
+                       now - c->last_ping_ms > cfg->ping_interval_ms) {
+                uint8_t ping[10];
+                ws_frame_header(ping, WS_OP_PING, 0);
+                c->last_ping_ms = now;
+                conn_send(c, ping, 2);
+            }
+            break;
+        case CS_CLOSING:
+            if (now > c->close_deadline_ms)
+                conn_close(c, 0, NULL);
+            break;
+        }
+    }
+    conn_reap(s);
+}
+
+void conn_free_all(srv *s)
+{
+    while (s->conns)
+        kill_conn(s->conns);
+    conn_reap(s);
+    free(s->rbuf);
+    s->rbuf = NULL;
+}
