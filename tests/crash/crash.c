@@ -57,8 +57,8 @@
 #define MAX_BODY 400          /* bodies are 1..MAX_BODY random bytes */
 #define SEGMENT_BYTES (256u << 10)
 #define DEFAULT_ROUNDS 30
-#define HARD_TIMEOUT_S 170    /* the whole harness, hangs included */
-#define SOFT_BUDGET_S 120     /* no new round starts after this */
+#define HARD_TIMEOUT_S 120    /* the whole harness, hangs included */
+#define SOFT_BUDGET_S 100     /* no new round starts after this */
 #define READ_PAGE 256
 #define MAX_REPORT 10         /* problem lines printed per round */
 
