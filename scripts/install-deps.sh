@@ -8,6 +8,7 @@ pkgs=(
   libevent-dev libxxhash-dev libzstd-dev
   libprotobuf-c-dev protobuf-c-compiler
   libssl-dev libjwt-dev libjansson-dev
+  python3 python3-websockets
 )
 
 missing=()
@@ -16,6 +17,12 @@ for p in "${pkgs[@]}"; do
     missing+=("$p")
   fi
 done
+
+# Node.js runs the end-to-end tests (ws + protobufjs from npm); any node >= 18
+# will do, Debian's if none is there.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  missing+=(nodejs npm)
+fi
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
