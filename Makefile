@@ -48,7 +48,7 @@ CLI_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(CLI_SRC))
 UNIT_SRC := $(wildcard tests/support/*.c) $(wildcard tests/engine/*.c) \
             $(wildcard tests/recovery/*.c) $(wildcard tests/server/*.c)
 UNIT_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(UNIT_SRC))
-CRASH_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard tests/crash/*.c))
+CRASH_OBJ := $(patsubst tests/crash/%.c,$(BUILD)/tests/crash-obj/%.o,$(wildcard tests/crash/*.c))
 BENCH_SRC := $(wildcard bench/*.c)
 BENCH_BIN := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 
@@ -70,6 +70,10 @@ $(BUILD)/gen/%.pb-c.c $(BUILD)/gen/%.pb-c.h: proto/%.proto | $(DEPS_STAMP)
 	$(PROTOC_C) --proto_path=proto --c_out=$(BUILD)/gen $<
 
 $(BUILD)/%.o: %.c | $(DEPS_STAMP) $(PROTO_H)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/tests/crash-obj/%.o: tests/crash/%.c | $(DEPS_STAMP) $(PROTO_H)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c -o $@ $<
 
