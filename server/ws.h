@@ -11,8 +11,9 @@
  * being reassembled.
  *
  * Errors: functions return 0 / a count, or a negative close code
- * (-WS_CLOSE_PROTOCOL, -WS_CLOSE_TOO_BIG, -WS_CLOSE_INVALID_DATA) telling the
- * caller which close to send.
+ * (-WS_CLOSE_PROTOCOL, -WS_CLOSE_TOO_BIG, -WS_CLOSE_INVALID_DATA, and
+ * -WS_CLOSE_INTERNAL when memory runs out) telling the caller which close to
+ * send. The exact validity rules are at the top of ws.c.
  */
 #ifndef CHATLOG_WS_H
 #define CHATLOG_WS_H
@@ -56,8 +57,11 @@ int ws_accept_key(const char *key, size_t key_len, char out[29]);
  * WS_OP_TEXT / WS_OP_BINARY the payload is a whole (reassembled) message;
  * text has been checked to be valid UTF-8. For WS_OP_CLOSE, close_code is
  * the peer's code (WS_CLOSE_NO_STATUS if none) and data/len its reason
- * (valid UTF-8). data is valid during the callback only. A non-zero return
- * stops parsing and is returned by ws_parse. */
+ * (valid UTF-8). data is never NULL (even when len is 0) and is valid
+ * during the callback only: it may point into the buffer given to ws_parse.
+ * A non-zero return stops parsing and is returned by ws_parse; make it
+ * negative (e.g. -WS_CLOSE_POLICY), since a positive value would read as a
+ * byte count. */
 typedef int (*ws_msg_cb)(void *arg, int opcode, const uint8_t *data,
                          size_t len, int close_code);
 
@@ -79,10 +83,13 @@ typedef struct ws_parser {
     uint32_t utf8_state; /* incremental UTF-8 check of a text message */
 } ws_parser;
 
+/* max_message bounds a reassembled data message (0 allows only empty
+ * ones); the parser never allocates more than that. */
 void ws_parser_init(ws_parser *p, size_t max_message);
 /* Frees the reassembly buffer; the parser may be reused after init. */
 void ws_parser_free(ws_parser *p);
-/* True when no message or frame is in progress (nothing buffered). */
+/* True when no message or frame is in progress: then nothing is allocated
+ * (the reassembly buffer is freed as each message is delivered). */
 int ws_parser_idle(const ws_parser *p);
 
 /* Consume bytes received from a client. buf is modified (unmasked in
@@ -93,8 +100,12 @@ int ws_parser_idle(const ws_parser *p);
  * fragmented or oversized control frame, continuation without a message, a
  * new message inside a fragmented one, non-minimal lengths are accepted,
  * message over max_message, invalid UTF-8 in text or close reason, close
- * payload of 1 byte or with an invalid code), or the callback's non-zero
- * return. */
+ * payload of 1 byte or with an invalid code), -WS_CLOSE_INTERNAL if
+ * memory runs out, or the callback's non-zero return. Errors are reported
+ * as soon as the offending bytes arrive (invalid UTF-8 before the message
+ * ends, an oversized length on the header, before any allocation). After
+ * a non-zero return the only valid call is ws_parser_free (the connection
+ * is to be closed). */
 ssize_t ws_parse(ws_parser *p, uint8_t *buf, size_t len, ws_msg_cb cb,
                  void *arg);
 
@@ -102,8 +113,11 @@ ssize_t ws_parse(ws_parser *p, uint8_t *buf, size_t len, ws_msg_cb cb,
  * to out and returns the count. */
 size_t ws_frame_header(uint8_t out[10], int opcode, uint64_t payload_len);
 
-/* A whole close frame (header + code + reason, reason cut to fit 125 bytes
- * at a UTF-8 boundary) into out; returns its length. */
+/* A whole close frame (header + code + reason) into out; returns its
+ * length. reason may be NULL; it is cut to its longest prefix that is valid
+ * UTF-8 and at most 123 bytes, so never inside a code point. A code that
+ * must not be sent (outside 1000-4999, or 1005, 1006, 1015) gives a close
+ * frame with an empty payload, which the peer reads as 1005. */
 size_t ws_close_frame(uint8_t out[2 + WS_MAX_CONTROL_PAYLOAD], int code,
                       const char *reason);
 

@@ -1,0 +1,379 @@
+/*
+ * http.c — a strict, bounded HTTP/1.1 request-head parser (RFC 9112).
+ *
+ * What is accepted, exactly:
+ *
+ *   head         = request-line *( header-line ) EOL
+ *   request-line = method SP target SP version EOL
+ *   method       = 1*tchar
+ *   target       = "/" *VCHAR                 (origin-form only)
+ *   version      = "HTTP/1.1" / "HTTP/1.0"    ("HTTP/" DIGIT "." DIGIT
+ *                                              otherwise: 505)
+ *   header-line  = name ":" OWS value OWS EOL
+ *   name         = 1*tchar                    (no space before ':')
+ *   value        = *( VCHAR / obs-text / SP / HTAB )
+ *   EOL          = CRLF / LF
+ *
+ * Anything else is 400: a CR not followed by LF, a NUL or other control
+ * byte anywhere in the head, obs-fold (a line starting with SP or HTAB),
+ * empty lines before the request line, a second space between parts.
+ *
+ * Bounds: the head, up to and including its empty line, must fit in
+ * max_head bytes (else 431), with at most HTTP_MAX_HEADERS header lines
+ * (else 431). Bodies: Transfer-Encoding is refused (501: we implement no
+ * transfer coding, and refusing it removes the CL/TE request-smuggling
+ * ambiguity); Content-Length must be 1*DIGIT, fit in 64 bits and appear at
+ * most once (else 400). A second Host header is 400 (RFC 9112 §3.2).
+ *
+ * In place: the parser writes a NUL after the method, after the path (over
+ * the '?'), after the query / target, after each header name (over the
+ * ':') and after each value (over the OWS or line end), so every string in
+ * http_req points into the caller's buffer.
+ */
+#include "http.h"
+
+#include <limits.h>
+#include <string.h>
+#include <strings.h>
+
+static int is_tchar(unsigned char c)
+{
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+        (c >= '0' && c <= '9'))
+        return 1;
+    switch (c) {
+    case '!': case '#': case '$': case '%': case '&': case '\'': case '*':
+    case '+': case '-': case '.': case '^': case '_': case '`': case '|':
+    case '~':
+        return 1;
+    }
+    return 0;
+}
+
+static int is_vchar(unsigned char c) { return c > 0x20 && c < 0x7F; }
+
+/* A byte allowed inside a field value (before trimming). */
+static int is_field_char(unsigned char c)
+{
+    return c == ' ' || c == '\t' || (c > 0x20 && c != 0x7F);
+}
+
+static int is_ows(char c) { return c == ' ' || c == '\t'; }
+
+/* Length of the head in buf[0..len): the offset just past the empty line
+ * that ends it, or 0 if it has not arrived. */
+static size_t find_head_end(const char *buf, size_t len)
+{
+    const char *p = buf, *end = buf + len;
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        if (!nl)
+            return 0;
+        p = nl + 1;
+        /* An empty line: LF right after the previous LF, or CR LF. */
+        if (p < end && *p == '\n')
+            return (size_t)(p + 1 - buf);
+        if (p + 1 < end && p[0] == '\r' && p[1] == '\n')
+            return (size_t)(p + 2 - buf);
+    }
+    return 0;
+}
+
+/* Split off the next line of head[*pos..end): NUL-terminates it (over its
+ * CR or LF) and returns it; *pos moves past the line end. NULL if a CR is
+ * not followed by LF or the line holds a NUL. The caller guarantees a LF
+ * before end. */
+static char *next_line(char *head, size_t *pos, size_t end, size_t *line_len)
+{
+    char *line = head + *pos;
+    char *nl = memchr(line, '\n', end - *pos);
+    size_t n = (size_t)(nl - line);
+    *pos += n + 1;
+    if (n > 0 && line[n - 1] == '\r')
+        n--;
+    if (memchr(line, '\r', n) || memchr(line, '\0', n))
+        return NULL;
+    line[n] = '\0';
+    *line_len = n;
+    return line;
+}
+
+static int parse_request_line(char *line, size_t n, http_req *out)
+{
+    char *p = line, *end = line + n;
+    /* method */
+    char *m = p;
+    while (p < end && is_tchar((unsigned char)*p))
+        p++;
+    if (p == m || p == end || *p != ' ')
+        return -400;
+    *p++ = '\0';
+    out->method = m;
+    /* target */
+    char *t = p;
+    if (p == end || *p != '/')
+        return -400;
+    char *q = NULL;
+    while (p < end && is_vchar((unsigned char)*p)) {
+        if (*p == '?' && !q)
+            q = p;
+        p++;
+    }
+    if (p == end || *p != ' ')
+        return -400;
+    *p++ = '\0';
+    out->target = t;
+    out->path = t;
+    if (q) {
+        *q = '\0';
+        out->query = q + 1;
+    } else {
+        out->query = p - 1; /* the NUL just written: "" */
+    }
+    /* version */
+    size_t vlen = (size_t)(end - p);
+    if (vlen != 8 || memcmp(p, "HTTP/", 5) != 0 || p[5] < '0' ||
+        p[5] > '9' || p[6] != '.' || p[7] < '0' || p[7] > '9')
+        return -400;
+    if (p[5] != '1' || (p[7] != '0' && p[7] != '1'))
+        return -505;
+    out->minor_version = p[7] - '0';
+    return 0;
+}
+
+static int parse_content_length(const char *v, uint64_t *out)
+{
+    uint64_t n = 0;
+    if (!*v)
+        return -400;
+    for (; *v; v++) {
+        if (*v < '0' || *v > '9')
+            return -400;
+        unsigned d = (unsigned)(*v - '0');
+        if (n > (UINT64_MAX - d) / 10)
+            return -400;
+        n = n * 10 + d;
+    }
+    *out = n;
+    return 0;
+}
+
+int http_parse_head(char *buf, size_t len, size_t max_head, http_req *out)
+{
+    if (max_head > INT_MAX)
+        max_head = INT_MAX;
+    size_t scan = len < max_head ? len : max_head;
+    size_t head_len = find_head_end(buf, scan);
+    if (head_len == 0)
+        return len >= max_head ? -431 : 0;
+
+    memset(out, 0, sizeof *out);
+    size_t pos = 0, n;
+    char *line = next_line(buf, &pos, head_len, &n);
+    if (!line)
+        return -400;
+    int rc = parse_request_line(line, n, out);
+    if (rc)
+        return rc;
+
+    int have_cl = 0, have_host = 0, conn_close = 0, conn_keep = 0;
+    for (;;) {
+        line = next_line(buf, &pos, head_len, &n);
+        if (!line)
+            return -400;
+        if (n == 0)
+            break; /* the empty line: pos == head_len */
+        if (is_ows(line[0]))
+            return -400; /* obs-fold */
+        char *p = line, *end = line + n;
+        while (p < end && is_tchar((unsigned char)*p))
+            p++;
+        if (p == line || p == end || *p != ':')
+            return -400;
+        *p++ = '\0';
+        while (p < end && is_ows(*p))
+            p++;
+        char *v = p;
+        for (; p < end; p++)
+            if (!is_field_char((unsigned char)*p))
+                return -400;
+        while (p > v && is_ows(p[-1]))
+            p--;
+        *p = '\0';
+        if (out->nheaders == HTTP_MAX_HEADERS)
+            return -431;
+        out->headers[out->nheaders++] = (http_header){line, v};
+
+        if (strcasecmp(line, "Transfer-Encoding") == 0)
+            return -501;
+        if (strcasecmp(line, "Content-Length") == 0) {
+            if (have_cl)
+                return -400;
+            have_cl = 1;
+            if (parse_content_length(v, &out->content_length))
+                return -400;
+        } else if (strcasecmp(line, "Host") == 0) {
+            if (have_host)
+                return -400;
+            have_host = 1;
+        } else if (strcasecmp(line, "Connection") == 0) {
+            conn_close |= http_list_has(v, "close");
+            conn_keep |= http_list_has(v, "keep-alive");
+        }
+    }
+    if (out->minor_version == 1)
+        out->keep_alive = !conn_close;
+    else
+        out->keep_alive = conn_keep && !conn_close;
+    return (int)head_len;
+}
+
+const char *http_header_get(const http_req *r, const char *name)
+{
+    for (int i = 0; i < r->nheaders; i++)
+        if (strcasecmp(r->headers[i].name, name) == 0)
+            return r->headers[i].value;
+    return NULL;
+}
+
+int http_list_has(const char *value, const char *token)
+{
+    if (!value)
+        return 0;
+    size_t tlen = strlen(token);
+    const char *p = value;
+    while (*p) {
+        while (*p == ',' || is_ows(*p))
+            p++;
+        const char *s = p;
+        while (*p && *p != ',')
+            p++;
+        const char *e = p;
+        while (e > s && is_ows(e[-1]))
+            e--;
+        if ((size_t)(e - s) == tlen && strncasecmp(s, token, tlen) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* Decode one form-encoded byte at s[*i] (s[0..n)): '+' is a space, %XX a
+ * byte. -1 for a malformed escape or %00 (which would end a C string). */
+static int form_byte(const char *s, size_t n, size_t *i)
+{
+    char c = s[*i];
+    if (c == '+') {
+        (*i)++;
+        return ' ';
+    }
+    if (c != '%') {
+        (*i)++;
+        return (unsigned char)c;
+    }
+    if (*i + 2 >= n)
+        return -1;
+    int hi = hexval(s[*i + 1]), lo = hexval(s[*i + 2]);
+    if (hi < 0 || lo < 0 || (hi | lo) == 0)
+        return -1;
+    *i += 3;
+    return hi << 4 | lo;
+}
+
+/* 1 if the form-encoded s[0..n) decodes to name. */
+static int form_equals(const char *s, size_t n, const char *name)
+{
+    size_t i = 0, j = 0;
+    while (i < n) {
+        int c = form_byte(s, n, &i);
+        if (c < 0 || name[j] == '\0' || (unsigned char)name[j] != c)
+            return 0;
+        j++;
+    }
+    return name[j] == '\0';
+}
+
+int http_query_param(const http_req *r, const char *name, char *out, size_t n)
+{
+    const char *q = r->query;
+    if (!q || n == 0)
+        return -1;
+    while (*q) {
+        const char *pair = q;
+        const char *amp = strchr(q, '&');
+        size_t plen = amp ? (size_t)(amp - q) : strlen(q);
+        q = amp ? amp + 1 : q + plen;
+        const char *eq = memchr(pair, '=', plen);
+        size_t klen = eq ? (size_t)(eq - pair) : plen;
+        if (klen == 0 || !form_equals(pair, klen, name))
+            continue;
+        const char *v = eq ? eq + 1 : pair + plen;
+        size_t vlen = (size_t)(pair + plen - v), i = 0, o = 0;
+        while (i < vlen) {
+            int c = form_byte(v, vlen, &i);
+            if (c < 0 || o + 1 >= n)
+                return -1;
+            out[o++] = (char)c;
+        }
+        if (o > INT_MAX)
+            return -1;
+        out[o] = '\0';
+        return (int)o;
+    }
+    return -1;
+}
+
+const char *http_reason(int status)
+{
+    switch (status) {
+    case 100: return "Continue";
+    case 101: return "Switching Protocols";
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 204: return "No Content";
+    case 206: return "Partial Content";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 304: return "Not Modified";
+    case 307: return "Temporary Redirect";
+    case 308: return "Permanent Redirect";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 406: return "Not Acceptable";
+    case 408: return "Request Timeout";
+    case 409: return "Conflict";
+    case 410: return "Gone";
+    case 411: return "Length Required";
+    case 412: return "Precondition Failed";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 415: return "Unsupported Media Type";
+    case 416: return "Range Not Satisfiable";
+    case 422: return "Unprocessable Content";
+    case 426: return "Upgrade Required";
+    case 428: return "Precondition Required";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
+    }
+    return "Unknown";
+}
