@@ -438,18 +438,18 @@ static int ws_cb(void *arg, int opcode, const uint8_t *data, size_t len,
                          s->cfg.conn_frames_burst, srv_now_ms())) {
             /* Over the frame rate: the frame is refused, not the
              * connection (a Send gets a rate-limited Error). */
-            return gw_on_message(c, NULL, 0);
+            return gw_on_message(c, NULL, 0) ? -1 : 0;
         }
-        return gw_on_message(c, data, len);
+        return gw_on_message(c, data, len) ? -1 : 0;
     case WS_OP_TEXT:
         conn_close(c, WS_CLOSE_UNSUPPORTED, "chat.v1 uses binary frames");
-        return 1;
+        return -1;
     case WS_OP_PING: {
         uint8_t out[10 + WS_MAX_CONTROL_PAYLOAD];
         size_t h = ws_frame_header(out, WS_OP_PONG, len);
         memcpy(out + h, data, len);
         conn_send(c, out, h + len);
-        return c->dead;
+        return c->dead ? -1 : 0;
     }
     case WS_OP_PONG:
         return 0;
@@ -457,10 +457,10 @@ static int ws_cb(void *arg, int opcode, const uint8_t *data, size_t len,
         if (c->state == CS_CLOSING) {
             /* Our close was answered: done. */
             conn_close(c, 0, NULL);
-            return 1;
+            return -1;
         }
         conn_close(c, close_code == WS_CLOSE_NO_STATUS ? WS_CLOSE_NORMAL : close_code, "");
-        return 1;
+        return -1;
     }
     return 0;
 }
@@ -468,8 +468,8 @@ static int ws_cb(void *arg, int opcode, const uint8_t *data, size_t len,
 static void handle_ws(conn *c, uint8_t *buf, size_t len)
 {
     ssize_t used = ws_parse(&c->ws, buf, len, ws_cb, c);
-    if (c->dead)
-        return;
+    if (c->dead || (used < 0 && c->state == CS_CLOSING))
+        return; /* the callback closed it (-1) */
     if (used < 0) {
         int code = (int)-used;
         if (code < 1000 || code > 4999)
