@@ -140,6 +140,8 @@ typedef struct conn {
     int64_t close_deadline_ms;
     int dead;
     int http_requests; /* served on this connection */
+    int in_flushq;
+    struct conn *next_flush; /* srv->flushq */
     struct conn *next_all, *prev_all; /* srv->conns, or srv->dead */
 } conn;
 
@@ -173,6 +175,7 @@ typedef struct srv {
     conn *conns;        /* every open connection */
     u64map conn_by_id;  /* id → conn, for late engine callbacks */
     conn *dead;         /* closed, freed by conn_reap() */
+    conn *flushq;       /* output queued this round, written by conn_flush_all */
     uint32_t nconns;
     int64_t last_limit_log_ms;
     int stopping;
@@ -207,6 +210,10 @@ conn *conn_find(srv *s, uint64_t id);
 /* Free connections closed since the last call; safe points only (end of an
  * event callback). */
 void conn_reap(srv *s);
+/* Write what every connection queued during this event (one writev per
+ * connection however many frames it got), then free the dead. Called at the
+ * end of each event callback. */
+void conn_flush_all(srv *s);
 int conn_accept_setup(srv *s);
 void conn_tick(srv *s, int64_t now);
 void conn_free_all(srv *s);

@@ -168,6 +168,27 @@ static void enqueue(conn *c, blob *b)
     c->out_bytes += b->len;
 }
 
+static void want_flush(conn *c)
+{
+    if (!c->in_flushq && !c->dead) {
+        c->in_flushq = 1;
+        c->next_flush = c->srv->flushq;
+        c->srv->flushq = c;
+    }
+}
+
+void conn_flush_all(srv *s)
+{
+    while (s->flushq) {
+        conn *c = s->flushq;
+        s->flushq = c->next_flush;
+        c->in_flushq = 0;
+        if (!c->dead)
+            flush_out(c);
+    }
+    conn_reap(s);
+}
+
 void conn_send_blob(conn *c, blob *b)
 {
     if (c->dead || (c->close_after_flush && c->state == CS_CLOSING)) {
@@ -187,7 +208,7 @@ void conn_send_blob(conn *c, blob *b)
         conn_close(c, WS_CLOSE_SLOW_CONSUMER, "slow consumer");
         return;
     }
-    flush_out(c);
+    want_flush(c);
 }
 
 void conn_send(conn *c, const void *data, size_t len)
@@ -258,6 +279,15 @@ void conn_close(conn *c, int ws_code, const char *reason)
 
 void conn_reap(srv *s)
 {
+    /* A dead connection may still be linked in the flush queue. */
+    for (conn **pp = &s->flushq; *pp;) {
+        if ((*pp)->dead) {
+            (*pp)->in_flushq = 0;
+            *pp = (*pp)->next_flush;
+        } else {
+            pp = &(*pp)->next_flush;
+        }
+    }
     while (s->dead) {
         conn *c = s->dead;
         s->dead = c->next_all;
@@ -643,7 +673,7 @@ static void conn_event(evutil_socket_t fd, short what, void *arg)
         flush_out(c);
     if ((what & EV_READ) && !c->dead)
         on_readable(c);
-    conn_reap(s);
+    conn_flush_all(s);
 }
 
 /* ---- accepting ---- */
@@ -770,11 +800,12 @@ void conn_tick(srv *s, int64_t now)
             break;
         }
     }
-    conn_reap(s);
+    conn_flush_all(s);
 }
 
 void conn_free_all(srv *s)
 {
+    conn_flush_all(s);
     while (s->conns)
         kill_conn(s->conns);
     conn_reap(s);

@@ -168,7 +168,7 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
         free(it);
         it = next;
     }
-    conn_reap(s);
+    conn_flush_all(s);
     if (s->stopping && s->inflight == 0)
         event_base_loopexit(s->base, NULL);
 }
@@ -179,8 +179,8 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     int64_t now = srv_now_ms();
-    conn_tick(s, now);
     gw_tick(s, now);
+    conn_tick(s, now);
     if (s->stopping && s->inflight == 0)
         event_base_loopexit(s->base, NULL);
 }
