@@ -57,7 +57,7 @@ CHATLOG := $(BUILD)/chatlog
 UNIT := $(BUILD)/tests/unit
 CRASH := $(BUILD)/tests/crash
 
-.PHONY: all deps test bench run clean
+.PHONY: all deps test bench run demo clean
 all: $(CHATLOG) $(if $(wildcard server/main.c),$(CHATD)) $(UNIT) $(CRASH) $(BENCH_BIN)
 
 deps: $(DEPS_STAMP)
@@ -115,9 +115,16 @@ test: $(DEPS_STAMP)
 bench: all
 	bash scripts/bench.sh $(BUILD)
 
-run: $(CHATLOG)
-	$(CHATLOG) gen ./data --messages 200000 --conversations 2000 --seed 1
-	$(CHATLOG) stats ./data
+# The main job: chatd on its embedded defaults (data in ./data, listening on
+# 127.0.0.1:8080), with a development secret made on first run.
+run: $(CHATD) $(CHATLOG)
+	@test -s chatd.secret || (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > chatd.secret)
+	$(CHATD) --data ./data --listen 127.0.0.1:8080 --secret-file chatd.secret
+
+# The engine on its own: a synthetic workload into ./data-demo and its stats.
+demo: $(CHATLOG)
+	$(CHATLOG) gen ./data-demo --messages 200000 --conversations 2000 --seed 1
+	$(CHATLOG) stats ./data-demo
 
 clean:
 	rm -rf build build-san
