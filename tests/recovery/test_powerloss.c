@@ -178,6 +178,7 @@ TEST(powerloss_acked_records_survive_every_crash_mode)
     }
     ASSERT_GT(r.nacks, 1000);
     printf("  %zu acked records checked over 24 power losses\n", r.nacks);
+    free(r.acks);
 }
 
 TEST(powerloss_fdatasync_eio_fails_the_shard_and_acks_nothing_more)
@@ -210,6 +211,7 @@ TEST(powerloss_fdatasync_eio_fails_the_shard_and_acks_nothing_more)
     ASSERT_EQ(log_close(log), -EIO);
     iofault_free(vfs);
     check_acked(test_dir(), &r);
+    free(r.acks);
 }
 
 TEST(powerloss_enospc_fails_the_append_and_keeps_the_log_valid)
@@ -246,4 +248,5 @@ TEST(powerloss_enospc_fails_the_append_and_keeps_the_log_valid)
     ASSERT_OK(log_close(log));
     iofault_free(vfs);
     check_acked(test_dir(), &r);
+    free(r.acks);
 }
