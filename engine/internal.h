@@ -170,8 +170,11 @@ typedef struct side_ent {
     uint8_t type;
 } side_ent;
 
+/* Write <base>.idx (tmp → fdatasync → rename); *bytes gets its size. The
+ * caller fsyncs the directory. */
 int sidecar_write(io_vfs *io, const char *shard_dir, uint32_t shard_id,
-                  const seg *sg, const side_ent *ents, uint64_t n);
+                  const seg *sg, const side_ent *ents, uint64_t n,
+                  uint64_t *bytes);
 /* Returns 0 and the entries (caller frees), CL_ECORRUPT/CL_ETRUNC when the
  * file is bad or does not match the segment, -ENOENT, -errno. */
 int sidecar_load(io_vfs *io, const char *path, uint32_t shard_id,
@@ -224,9 +227,20 @@ struct shard {
 
     uint8_t *wbuf; /* writer: the encoded group */
     size_t wcap;
-    log_entry *ents; /* writer: the group's entries for on_commit */
-    uint32_t ents_cap;
+    uint32_t completing; /* appends handed to the completer, under qmu */
 };
+
+/* A finished group on its way to the completion thread: on_commit (when
+ * status is 0) and then every append's callback run there, in order, so the
+ * writer can go back to the disk at once. */
+typedef struct done_group {
+    struct done_group *next;
+    shard *s;
+    pending *list;
+    uint32_t count;
+    int status;
+    log_entry ents[]; /* count entries when status is 0 */
+} done_group;
 
 struct log {
     char dir[PATH_MAX_LEN];
@@ -234,6 +248,13 @@ struct log {
     io_vfs *io;
     uint32_t nshards;
     shard *shards;
+
+    pthread_mutex_t cmu; /* completion queue */
+    pthread_cond_t ccond;
+    done_group *chead, *ctail;
+    int cstop;
+    pthread_t completer;
+    int completer_started;
 
     pthread_mutex_t smu; /* sealer queue */
     pthread_cond_t scond;

@@ -15,10 +15,12 @@
  * max_batch_bytes), assigns offsets and msg_ids, encodes one batch (more if
  * over BATCH_MAX_RECORDS) into one buffer, and does one pwrite and one
  * fdatasync; appends queued meanwhile form the next group. Only after the
- * fdatasync returns does the writer publish the group (index, durable offset),
- * call on_commit, then each append's callback. So the writer never has more
- * than one group (<= LOG_MAX_WRITE_BYTES) written and not synced — the fact
- * recovery uses to tell a torn tail from corruption.
+ * fdatasync returns does the writer publish the group (index, durable offset)
+ * and hand it to the log's completion thread, which calls on_commit and then
+ * each append's callback while the writer is already on the next group. So
+ * the writer never has more than one group (<= LOG_MAX_WRITE_BYTES) written
+ * and not synced — the fact recovery uses to tell a torn tail from
+ * corruption — and callbacks never sit between two fdatasyncs.
  *
  * FAILURES. A failed pwrite with ENOSPC truncates the segment back, undoes
  * the group's msg_ids and fails its appends with -ENOSPC; the shard goes on.
@@ -279,7 +281,8 @@ static void seal_segment(log_t *log, shard *s, seg *sg)
         rc = CL_ECORRUPT;
         goto out;
     }
-    if ((rc = sidecar_write(io, s->dir, s->id, sg, ents, k)))
+    uint64_t side_bytes = 0;
+    if ((rc = sidecar_write(io, s->dir, s->id, sg, ents, k, &side_bytes)))
         goto out;
     if (state == SEG_SEALED && !log->opt.no_compress && raw_size > 0) {
         name_segment(tmp, sizeof tmp, s->dir, sg->base, SUFFIX_ZLOG, 1);
@@ -303,7 +306,7 @@ static void seal_segment(log_t *log, shard *s, seg *sg)
         sg->blocks = blocks;
         sg->nblocks = nblocks;
         sg->state = SEG_COMPRESSED;
-        sg->disk_bytes = zsize;
+        sg->disk_bytes = zsize + side_bytes;
         s->gen++;
         pthread_rwlock_unlock(&s->lock);
         blocks = NULL;
@@ -363,6 +366,79 @@ static void fail_list(pending *p, int err)
     }
 }
 
+/* Hand a finished group to the completion thread. */
+static void complete_group(shard *s, done_group *g)
+{
+    log_t *log = s->log;
+    pthread_mutex_lock(&s->qmu);
+    s->completing += g->count;
+    pthread_mutex_unlock(&s->qmu);
+    g->next = NULL;
+    pthread_mutex_lock(&log->cmu);
+    if (log->ctail)
+        log->ctail->next = g;
+    else
+        log->chead = g;
+    log->ctail = g;
+    pthread_cond_signal(&log->ccond);
+    pthread_mutex_unlock(&log->cmu);
+}
+
+/* Fail a group: through the completer when there is a group object, so
+ * callbacks keep their order; inline if even that could not be allocated. */
+static void fail_group(shard *s, done_group *g, pending *list, uint32_t count,
+                       int err)
+{
+    if (!g) {
+        fail_list(list, err);
+        return;
+    }
+    g->s = s;
+    g->list = list;
+    g->count = count;
+    g->status = err;
+    complete_group(s, g);
+}
+
+static void *completer_main(void *arg)
+{
+    log_t *log = arg;
+    pthread_mutex_lock(&log->cmu);
+    for (;;) {
+        while (!log->chead && !log->cstop)
+            pthread_cond_wait(&log->ccond, &log->cmu);
+        done_group *g = log->chead;
+        if (!g)
+            break;
+        log->chead = log->ctail = NULL;
+        pthread_mutex_unlock(&log->cmu);
+        while (g) {
+            done_group *next = g->next;
+            shard *s = g->s;
+            if (g->status == 0 && log->opt.on_commit)
+                log->opt.on_commit(log->opt.commit_arg, s->id, g->ents, g->count);
+            for (pending *p = g->list, *pn; p; p = pn) {
+                pn = p->next;
+                log_append_result res = {s->id, p->offset, p->rec.msg_id,
+                                         p->rec.ts_ms, 0};
+                if (g->status == 0 && g->count)
+                    res.term = g->ents[0].term;
+                if (p->cb)
+                    p->cb(p->arg, g->status, g->status ? NULL : &res);
+                free(p);
+            }
+            pthread_mutex_lock(&s->qmu);
+            s->completing -= g->count;
+            pthread_mutex_unlock(&s->qmu);
+            free(g);
+            g = next;
+        }
+        pthread_mutex_lock(&log->cmu);
+    }
+    pthread_mutex_unlock(&log->cmu);
+    return NULL;
+}
+
 /* Roll the active segment: seal it and start a new one at next_offset. */
 static int roll_segment(shard *s)
 {
@@ -417,8 +493,11 @@ static void process_group(shard *s, pending *list, uint32_t count)
     log_t *log = s->log;
     io_vfs *io = log->io;
     int rc = s->failed;
-    if (rc) {
-        fail_list(list, rc);
+    /* The group object (with room for on_commit's entries) is made before
+     * anything is written, so that a durable group can always be completed. */
+    done_group *g = malloc(sizeof *g + (size_t)count * sizeof(log_entry));
+    if (rc || !g) {
+        fail_group(s, g, list, count, rc ? rc : CL_ENOMEM);
         return;
     }
     int64_t now = util_now_ms();
@@ -434,7 +513,7 @@ static void process_group(shard *s, pending *list, uint32_t count)
         if ((rc = roll_segment(s))) {
             log__msg(log, LOG_ERROR, "shard %u: cannot roll segment: %s",
                      s->id, cl_strerror(rc));
-            fail_list(list, rc);
+            fail_group(s, g, list, count, rc);
             return;
         }
         act = s->segs[s->nsegs - 1];
@@ -457,15 +536,6 @@ static void process_group(shard *s, pending *list, uint32_t count)
         }
     }
     pthread_rwlock_unlock(&s->lock);
-    if (rc == 0 && s->ents_cap < count) {
-        log_entry *ne = realloc(s->ents, count * sizeof *ne);
-        if (ne) {
-            s->ents = ne;
-            s->ents_cap = count;
-        } else {
-            rc = CL_ENOMEM;
-        }
-    }
     if (rc == 0)
         rc = encode_group(s, list, total, now);
     if (rc == 0)
@@ -499,12 +569,12 @@ static void process_group(shard *s, pending *list, uint32_t count)
         log__msg(log, sticky ? LOG_ERROR : LOG_WARN,
                  "shard %u: group of %u appends failed: %s%s", s->id, count,
                  cl_strerror(rc), sticky ? "; shard is now read-only" : "");
-        fail_list(list, rc);
+        fail_group(s, g, list, count, rc);
         return;
     }
 
     /* Durable: publish, then tell the stream and the callers. */
-    log_entry *ents = s->ents;
+    log_entry *ents = g->ents;
     int idx_err = 0;
     pthread_rwlock_wrlock(&s->lock);
     uint64_t pos = act->raw_size;
@@ -548,17 +618,11 @@ static void process_group(shard *s, pending *list, uint32_t count)
         pthread_mutex_unlock(&s->qmu);
     }
 
-    if (log->opt.on_commit)
-        log->opt.on_commit(log->opt.commit_arg, s->id, ents, count);
-    while (list) {
-        pending *next = list->next;
-        log_append_result res = {s->id, list->offset, list->rec.msg_id,
-                                 list->rec.ts_ms, s->term};
-        if (list->cb)
-            list->cb(list->arg, 0, &res);
-        free(list);
-        list = next;
-    }
+    g->s = s;
+    g->list = list;
+    g->count = count;
+    g->status = 0;
+    complete_group(s, g);
 }
 
 static void *writer_main(void *arg)
@@ -641,7 +705,7 @@ int log_append(log_t *log, const rec_view *rec, log_append_cb cb, void *arg)
     int rc = s->stopping ? CL_ECLOSED
              : s->failed ? CL_EFAILED
              : s->write_fenced ? CL_EDAMAGED
-             : s->qlen >= log->opt.max_pending ? CL_EBUSY
+             : s->qlen + s->completing >= log->opt.max_pending ? CL_EBUSY
                                                 : 0;
     if (rc == 0) {
         if (s->qtail)
@@ -694,7 +758,6 @@ static void shard_destroy(log_t *log, shard *s)
     idx_free(&s->convs);
     free(s->damage);
     free(s->wbuf);
-    free(s->ents);
     pthread_mutex_destroy(&s->qmu);
     pthread_cond_destroy(&s->qcond);
     pthread_cond_destroy(&s->idlecond);
@@ -716,6 +779,8 @@ static void log_free(log_t *log)
     }
     pthread_mutex_destroy(&log->smu);
     pthread_cond_destroy(&log->scond);
+    pthread_mutex_destroy(&log->cmu);
+    pthread_cond_destroy(&log->ccond);
     free(log);
 }
 
@@ -726,6 +791,8 @@ int log_open(const char *dir, const log_options *opt, log_t **out)
         return CL_ENOMEM;
     pthread_mutex_init(&log->smu, NULL);
     pthread_cond_init(&log->scond, NULL);
+    pthread_mutex_init(&log->cmu, NULL);
+    pthread_cond_init(&log->ccond, NULL);
     if (opt)
         log->opt = *opt;
     log->io = log->opt.io ? log->opt.io : io_posix();
@@ -788,6 +855,10 @@ int log_open(const char *dir, const log_options *opt, log_t **out)
         return rc;
     }
     if (!log->opt.read_only) {
+        if (pthread_create(&log->completer, NULL, completer_main, log))
+            rc = CL_ENOMEM;
+        else
+            log->completer_started = 1;
         for (uint32_t i = 0; i < nshards && rc == 0; i++) {
             shard *s = &log->shards[i];
             if (pthread_create(&s->writer, NULL, writer_main, s))
@@ -829,6 +900,13 @@ int log_close(log_t *log)
             pthread_join(s->writer, NULL);
         if (s->failed && !first)
             first = s->failed;
+    }
+    if (log->completer_started) {
+        pthread_mutex_lock(&log->cmu);
+        log->cstop = 1;
+        pthread_cond_broadcast(&log->ccond);
+        pthread_mutex_unlock(&log->cmu);
+        pthread_join(log->completer, NULL);
     }
     if (log->sealer_started) {
         pthread_mutex_lock(&log->smu);

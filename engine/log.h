@@ -6,8 +6,9 @@
  * sidecar.c; recovery rules in recovery/recovery.c.
  *
  * Threads: each shard has one writer thread that assigns offsets and msg_ids,
- * writes and fdatasyncs; one sealer thread per log compresses rolled
- * segments. All functions here may be called from any thread, except
+ * writes and fdatasyncs; one completion thread per log runs on_commit and the
+ * append callbacks (in each shard's order) while the writers go on; one
+ * sealer thread per log compresses rolled segments. All functions here may be called from any thread, except
  * log_close(), which must not race with other calls on the same log.
  *
  * Errors: 0 or a negative code, see errors.h (cl_strerror()).
@@ -73,10 +74,11 @@ typedef struct log_options {
      * shard failed). NULL: written to stderr at INFO and above. */
     void (*log_fn)(void *arg, int level, const char *msg);
     void *log_arg;
-    /* Called on the shard's writer thread after each group becomes durable,
-     * before the appends' callbacks, with the group's records in offset
-     * order; entries are valid during the call only. This is the stream the
-     * server delivers from. */
+    /* Called on the log's completion thread after each group becomes
+     * durable, before the appends' callbacks, with the group's records in
+     * offset order; groups of one shard come in offset order. Entries are
+     * valid during the call only. This is the stream the server delivers
+     * from. Must not block for long: it delays every shard's callbacks. */
     void (*on_commit)(void *arg, uint32_t shard, const log_entry *entries,
                       size_t n);
     void *commit_arg;
@@ -114,7 +116,9 @@ typedef void (*log_append_cb)(void *arg, int status,
  * caller's buffers may be reused on return. For REC_MESSAGE, rec->msg_id must
  * be 0: the writer assigns the next id of the conversation. ts_ms 0 means
  * "now" (the writer stamps it, never earlier than the shard's previous
- * record). Returns 0 and cb is called exactly once later on the writer thread;
+ * record). Returns 0 and cb is called exactly once later on the completion
+ * thread (callbacks of one shard in append order, right after the on_commit
+ * of their group);
  * or returns CL_EINVAL, CL_ETOOBIG, CL_EBUSY, CL_EFAILED, CL_EDAMAGED (the
  * shard holds damage recovery could not identify, so it cannot know which
  * msg_ids are taken) or CL_ECLOSED and cb is never called. */

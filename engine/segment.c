@@ -467,7 +467,8 @@ fail:
 /* ---- sidecar ---- */
 
 int sidecar_write(io_vfs *io, const char *shard_dir, uint32_t shard_id,
-                  const seg *sg, const side_ent *ents, uint64_t n)
+                  const seg *sg, const side_ent *ents, uint64_t n,
+                  uint64_t *bytes)
 {
     size_t plain_len = (size_t)n * SIDE_ENTRY;
     uint8_t *plain = malloc(plain_len ? plain_len : 1);
@@ -509,6 +510,7 @@ int sidecar_write(io_vfs *io, const char *shard_dir, uint32_t shard_id,
     name_segment(fin, sizeof fin, shard_dir, sg->base, SUFFIX_IDX, 0);
     if ((rc = write_all_sync(io, tmp, file, SIDE_HEADER + clen + 8, NULL)) == 0)
         rc = io->rename(io, tmp, fin);
+    *bytes = SIDE_HEADER + clen + 8;
 out:
     free(plain);
     free(file);
