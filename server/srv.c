@@ -4,7 +4,7 @@
  * clean shutdown.
  *
  * Threads: the event loop runs on the main thread and owns all chat state.
- * The engine's writer threads call on_commit and the append callbacks; those
+ * The engine's completion thread calls on_commit and the append callbacks; those
  * copy what they need into inbox items, link them under inbox_mu and wake the
  * loop (event_active on wake_ev, made thread-safe by evthread_use_pthreads).
  * Items keep their order, so a record's commit is always handled before its
@@ -71,16 +71,19 @@ static void post(srv *s, inbox_item *it)
 {
     it->next = NULL;
     pthread_mutex_lock(&s->inbox_mu);
+    int was_empty = s->inbox_head == NULL;
     if (s->inbox_tail)
         s->inbox_tail->next = it;
     else
         s->inbox_head = it;
     s->inbox_tail = it;
     pthread_mutex_unlock(&s->inbox_mu);
-    event_active(s->wake_ev, EV_READ, 0);
+    /* One wake-up per batch: the loop drains the whole inbox each time. */
+    if (was_empty)
+        event_active(s->wake_ev, EV_READ, 0);
 }
 
-/* Writer thread: copy each committed record for the loop. */
+/* Engine completion thread: copy each committed record for the loop. */
 static void on_commit(void *arg, uint32_t shard, const log_entry *e, size_t n)
 {
     srv *s = arg;
@@ -111,7 +114,7 @@ typedef struct append_ctx {
     void *ctx;
 } append_ctx;
 
-/* Writer thread: hand the result to the loop. */
+/* Engine completion thread: hand the result to the loop. */
 static void on_appended(void *arg, int status, const log_append_result *res)
 {
     append_ctx *a = arg;
