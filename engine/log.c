@@ -17,7 +17,9 @@
  * fdatasync; appends queued meanwhile form the next group. Only after the
  * fdatasync returns does the writer publish the group (index, durable offset)
  * and hand it to the log's completion thread, which calls on_commit and then
- * each append's callback while the writer is already on the next group. So
+ * each append's callback while the writer is already on the next group (a
+ * group of a few records with nothing queued before it is completed on the
+ * writer thread itself: the hop would cost more than it saves). So
  * the writer never has more than one group (<= LOG_MAX_WRITE_BYTES) written
  * and not synced — the fact recovery uses to tell a torn tail from
  * corruption — and callbacks never sit between two fdatasyncs.
@@ -366,13 +368,26 @@ static void fail_list(pending *p, int err)
     }
 }
 
-/* Hand a finished group to the completion thread. */
+/* A group at most this large is completed on the writer thread itself when
+ * none of its shard's groups wait for the completer: the hop to another
+ * thread would cost more than the callbacks (one producer's latency). */
+#define INLINE_GROUP 4
+
+static void run_group(log_t *log, done_group *g);
+
+/* Hand a finished group to the completion thread (or run it here). */
 static void complete_group(shard *s, done_group *g)
 {
     log_t *log = s->log;
     pthread_mutex_lock(&s->qmu);
-    s->completing += g->count;
+    int inline_ok = s->completing == 0 && g->count <= INLINE_GROUP;
+    if (!inline_ok)
+        s->completing += g->count;
     pthread_mutex_unlock(&s->qmu);
+    if (inline_ok) {
+        run_group(log, g);
+        return;
+    }
     g->next = NULL;
     pthread_mutex_lock(&log->cmu);
     if (log->ctail)
@@ -400,6 +415,24 @@ static void fail_group(shard *s, done_group *g, pending *list, uint32_t count,
     complete_group(s, g);
 }
 
+/* on_commit, then the callbacks, then free the group. */
+static void run_group(log_t *log, done_group *g)
+{
+    shard *s = g->s;
+    if (g->status == 0 && log->opt.on_commit)
+        log->opt.on_commit(log->opt.commit_arg, s->id, g->ents, g->count);
+    for (pending *p = g->list, *pn; p; p = pn) {
+        pn = p->next;
+        log_append_result res = {s->id, p->offset, p->rec.msg_id, p->rec.ts_ms, 0};
+        if (g->status == 0 && g->count)
+            res.term = g->ents[0].term;
+        if (p->cb)
+            p->cb(p->arg, g->status, g->status ? NULL : &res);
+        free(p);
+    }
+    free(g);
+}
+
 static void *completer_main(void *arg)
 {
     log_t *log = arg;
@@ -415,22 +448,11 @@ static void *completer_main(void *arg)
         while (g) {
             done_group *next = g->next;
             shard *s = g->s;
-            if (g->status == 0 && log->opt.on_commit)
-                log->opt.on_commit(log->opt.commit_arg, s->id, g->ents, g->count);
-            for (pending *p = g->list, *pn; p; p = pn) {
-                pn = p->next;
-                log_append_result res = {s->id, p->offset, p->rec.msg_id,
-                                         p->rec.ts_ms, 0};
-                if (g->status == 0 && g->count)
-                    res.term = g->ents[0].term;
-                if (p->cb)
-                    p->cb(p->arg, g->status, g->status ? NULL : &res);
-                free(p);
-            }
+            uint32_t count = g->count;
+            run_group(log, g);
             pthread_mutex_lock(&s->qmu);
-            s->completing -= g->count;
+            s->completing -= count;
             pthread_mutex_unlock(&s->qmu);
-            free(g);
             g = next;
         }
         pthread_mutex_lock(&log->cmu);

@@ -7,8 +7,10 @@
  *
  * Threads: each shard has one writer thread that assigns offsets and msg_ids,
  * writes and fdatasyncs; one completion thread per log runs on_commit and the
- * append callbacks (in each shard's order) while the writers go on; one
- * sealer thread per log compresses rolled segments. All functions here may be called from any thread, except
+ * append callbacks (in each shard's order) while the writers go on — small
+ * groups are completed on their writer thread directly; one sealer thread
+ * per log compresses rolled segments. Callbacks may therefore run on either
+ * kind of engine thread, never two of one shard at once. All functions here may be called from any thread, except
  * log_close(), which must not race with other calls on the same log.
  *
  * Errors: 0 or a negative code, see errors.h (cl_strerror()).
@@ -74,7 +76,7 @@ typedef struct log_options {
      * shard failed). NULL: written to stderr at INFO and above. */
     void (*log_fn)(void *arg, int level, const char *msg);
     void *log_arg;
-    /* Called on the log's completion thread after each group becomes
+    /* Called on an engine thread (see Threads) after each group becomes
      * durable, before the appends' callbacks, with the group's records in
      * offset order; groups of one shard come in offset order. Entries are
      * valid during the call only. This is the stream the server delivers
@@ -116,9 +118,9 @@ typedef void (*log_append_cb)(void *arg, int status,
  * caller's buffers may be reused on return. For REC_MESSAGE, rec->msg_id must
  * be 0: the writer assigns the next id of the conversation. ts_ms 0 means
  * "now" (the writer stamps it, never earlier than the shard's previous
- * record). Returns 0 and cb is called exactly once later on the completion
- * thread (callbacks of one shard in append order, right after the on_commit
- * of their group);
+ * record). Returns 0 and cb is called exactly once later on an engine thread
+ * (callbacks of one shard in append order, right after the on_commit of
+ * their group);
  * or returns CL_EINVAL, CL_ETOOBIG, CL_EBUSY, CL_EFAILED, CL_EDAMAGED (the
  * shard holds damage recovery could not identify, so it cannot know which
  * msg_ids are taken) or CL_ECLOSED and cb is never called. */
