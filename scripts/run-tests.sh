@@ -43,6 +43,12 @@ for b in "$@"; do
   run_suite "$b: unit" "$b/tests/unit"
   run_suite "$b: crash (SIGKILL)" "$b/tests/crash" harness --rounds 30
   run_suite "$b: cli" bash tests/cli/test_cli.sh "$b/chatlog"
+  # Every committed fuzz input through its target (fuzz/fuzz.mk builds one
+  # replay binary per fuzz/corpus/<target>/; a missing one counts as failed).
+  for corpus in fuzz/corpus/*/; do
+    t=$(basename "$corpus")
+    run_suite "$b: fuzz corpus replay ($t)" "$b/fuzz/replay-$t"
+  done
 done
 
 echo

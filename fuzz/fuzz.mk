@@ -1,0 +1,96 @@
+# fuzz/fuzz.mk — libFuzzer targets and their corpus replay; included at the
+# end of the top-level Makefile, whose variables (BUILD, CFLAGS, LDFLAGS,
+# LDLIBS, LIB, PROTO_H, DEPS_STAMP) it uses. See fuzz/README.md.
+#
+#   make fuzz                      every target, clang + libFuzzer + ASan +
+#                                  UBSan, into build-fuzz/fuzz-<target>
+#   make fuzz-run T=<target> S=<seconds> [FUZZ_ARGS=...]
+#                                  run one; new inputs go to
+#                                  build-fuzz/corpus/<target>/, crashes to
+#                                  fuzz/crashes/<target>/
+#   make fuzz-merge T=<target>     add the inputs of build-fuzz/corpus/<target>
+#                                  that reach new coverage to fuzz/corpus/<target>
+#   make fuzz-replay               replay every committed corpus file through
+#                                  every target ($(BUILD)/fuzz/replay-<target>,
+#                                  built by `make all`, run by `make test`)
+#   fuzz/run-all.sh -s SECONDS     every target in turn, niced, logs kept
+
+FUZZ_TARGETS := batch_decode recovery sidecar zlog manifest differential
+FUZZ_HELPERS := fuzz/common.c
+
+# ---- replay: plain build, the build directory's compiler and flags ----
+REPLAY_BINS := $(patsubst %,$(BUILD)/fuzz/replay-%,$(FUZZ_TARGETS))
+REPLAY_HELPER_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(FUZZ_HELPERS) fuzz/replay_main.c)
+
+all: $(REPLAY_BINS)
+
+# The objects come from the top-level $(BUILD)/%.o rule.
+$(BUILD)/fuzz/replay-%: $(BUILD)/fuzz/%.o $(REPLAY_HELPER_OBJ) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+.PHONY: fuzz fuzz-run fuzz-merge fuzz-replay fuzz-clean
+fuzz-replay: $(REPLAY_BINS)
+	@fail=0; for t in $(FUZZ_TARGETS); do \
+	  $(BUILD)/fuzz/replay-$$t || fail=1; done; exit $$fail
+
+# ---- libFuzzer build: clang, its own objects (never the gcc ones) ----
+FUZZ_BUILD ?= build-fuzz
+FUZZ_CC ?= clang
+FUZZ_SAN := -fsanitize=address,undefined -fno-sanitize-recover=all
+FUZZ_CFLAGS ?= -std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer \
+               -Wall -Wextra -Wno-unused-parameter $(FUZZ_SAN) \
+               -fsanitize=fuzzer-no-link -Iengine -Irecovery -Iserver \
+               -I$(FUZZ_BUILD)/gen -MMD -MP
+FUZZ_PROTO_C := $(patsubst proto/%.proto,$(FUZZ_BUILD)/gen/%.pb-c.c,$(PROTO_SRC))
+FUZZ_LIB_OBJ := $(patsubst %.c,$(FUZZ_BUILD)/%.o,$(LIB_SRC) $(FUZZ_HELPERS)) \
+                $(FUZZ_PROTO_C:.c=.o)
+FUZZ_BINS := $(patsubst %,$(FUZZ_BUILD)/fuzz-%,$(FUZZ_TARGETS))
+
+fuzz: $(FUZZ_BINS)
+
+# Keep the objects make would otherwise delete as intermediates.
+.SECONDARY: $(FUZZ_LIB_OBJ) $(patsubst %,$(FUZZ_BUILD)/fuzz/%.o,$(FUZZ_TARGETS)) \
+            $(FUZZ_PROTO_C) $(FUZZ_PROTO_C:.c=.h) \
+            $(patsubst %,$(BUILD)/fuzz/%.o,$(FUZZ_TARGETS)) $(REPLAY_HELPER_OBJ)
+
+$(FUZZ_BUILD)/gen/%.pb-c.c $(FUZZ_BUILD)/gen/%.pb-c.h: proto/%.proto | $(DEPS_STAMP)
+	@mkdir -p $(dir $@)
+	$(PROTOC_C) --proto_path=proto --c_out=$(FUZZ_BUILD)/gen $<
+
+$(FUZZ_BUILD)/%.o: %.c | $(DEPS_STAMP) $(FUZZ_PROTO_C:.c=.h)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -c -o $@ $<
+
+$(FUZZ_BUILD)/gen/%.pb-c.o: $(FUZZ_BUILD)/gen/%.pb-c.c
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -c -o $@ $<
+
+$(FUZZ_BUILD)/fuzz-%: $(FUZZ_BUILD)/fuzz/%.o $(FUZZ_LIB_OBJ)
+	$(FUZZ_CC) -fsanitize=fuzzer $(FUZZ_SAN) -o $@ $^ $(LDLIBS)
+
+# ---- running ----
+T ?= batch_decode
+S ?= 60
+FUZZ_ARGS ?=
+# Dictionaries: the format targets share batch.dict.
+FUZZ_DICT_batch_decode := fuzz/batch.dict
+FUZZ_DICT_zlog := fuzz/batch.dict
+FUZZ_DICT_sidecar := fuzz/batch.dict
+FUZZ_DICT_recovery := fuzz/batch.dict
+FUZZ_DICT_manifest := fuzz/manifest.dict
+FUZZ_DICT = $(FUZZ_DICT_$(T))
+
+fuzz-run: $(FUZZ_BUILD)/fuzz-$(T)
+	@mkdir -p $(FUZZ_BUILD)/corpus/$(T) fuzz/crashes/$(T)
+	$(FUZZ_BUILD)/fuzz-$(T) -max_total_time=$(S) -print_final_stats=1 \
+	  -artifact_prefix=fuzz/crashes/$(T)/ $(if $(FUZZ_DICT),-dict=$(FUZZ_DICT)) \
+	  $(FUZZ_ARGS) $(FUZZ_BUILD)/corpus/$(T) fuzz/corpus/$(T)
+
+fuzz-merge: $(FUZZ_BUILD)/fuzz-$(T)
+	@mkdir -p fuzz/corpus/$(T)
+	$(FUZZ_BUILD)/fuzz-$(T) -merge=1 fuzz/corpus/$(T) $(FUZZ_BUILD)/corpus/$(T)
+
+fuzz-clean:
+	rm -rf $(FUZZ_BUILD)
+
+-include $(shell find $(FUZZ_BUILD) -name '*.d' 2>/dev/null)
