@@ -181,6 +181,7 @@ typedef struct srv {
     int stopping;
     uint8_t *rbuf; /* shared read buffer */
     size_t rbuf_cap;
+    char *hbuf;    /* scratch copy of a request head being parsed */
 
     pthread_mutex_t inbox_mu;
     inbox_item *inbox_head, *inbox_tail;

@@ -32,6 +32,7 @@
 
 #define RBUF_SIZE (64 * 1024)
 #define CLOSE_GRACE_MS 2000
+#define HTTP_MAX_PENDING_OUT (64u << 20)
 
 blob *blob_new(size_t len)
 {
@@ -198,7 +199,12 @@ void conn_send_blob(conn *c, blob *b)
     enqueue(c, b);
     if (c->dead)
         return;
-    if (c->out_bytes > c->srv->cfg.max_pending_out_bytes) {
+    /* HTTP answers are bounded by the requests (a history page can be a few
+     * MB); WebSocket fan-out is not, and gets the configured limit. */
+    uint64_t limit = c->srv->cfg.max_pending_out_bytes;
+    if (!c->is_ws && limit < HTTP_MAX_PENDING_OUT)
+        limit = HTTP_MAX_PENDING_OUT;
+    if (c->out_bytes > limit) {
         /* A slow consumer: drop what it has not read instead of growing;
          * it resyncs on reconnect. */
         c->srv->met->slow_consumer_disconnects++;
@@ -415,8 +421,15 @@ static ssize_t handle_http(conn *c, char *buf, size_t len, size_t *ws_rest)
     srv *s = c->srv;
     size_t used = 0;
     while (used < len && !c->dead && !c->close_after_flush && c->state == CS_HTTP) {
+        /* Parse a copy: the parser writes NULs into what it parses, and an
+         * incomplete request must stay as it arrived for the next read. */
         http_req r;
-        int hl = http_parse_head(buf + used, len - used, s->cfg.max_head_bytes, &r);
+        size_t n = len - used;
+        if (n > s->cfg.max_head_bytes)
+            n = s->cfg.max_head_bytes;
+        memcpy(s->hbuf, buf + used, n);
+        s->hbuf[n] = 0;
+        int hl = http_parse_head(s->hbuf, n, s->cfg.max_head_bytes, &r);
         if (hl == 0)
             break;
         if (hl < 0) {
@@ -754,7 +767,8 @@ int conn_accept_setup(srv *s)
 {
     s->rbuf_cap = RBUF_SIZE + 1024 * 1024;
     s->rbuf = malloc(s->rbuf_cap);
-    if (!s->rbuf)
+    s->hbuf = malloc(s->cfg.max_head_bytes + 1);
+    if (!s->rbuf || !s->hbuf)
         return -1;
     s->listen_ev = event_new(s->base, s->listen_fd, EV_READ | EV_PERSIST, on_accept, s);
     return s->listen_ev ? event_add(s->listen_ev, NULL) : -1;
@@ -810,5 +824,7 @@ void conn_free_all(srv *s)
         kill_conn(s->conns);
     conn_reap(s);
     free(s->rbuf);
+    free(s->hbuf);
     s->rbuf = NULL;
+    s->hbuf = NULL;
 }

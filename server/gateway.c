@@ -399,6 +399,9 @@ typedef struct send_ctx {
     idem *key; /* NULL for a Send without client_msg_id */
     int64_t t0_ms;
     char cmid[MAX_CLIENT_MSG_ID + 1];
+    /* a REST caller's own completion, run after the key's waiters */
+    void (*user_done)(srv *, void *, int, const log_append_result *);
+    void *user_ctx;
 } send_ctx;
 
 static void send_ack(conn *c, const char *cmid, uint64_t conv_id, uint64_t msg_id,
@@ -423,10 +426,12 @@ static int engine_error_code(int status)
 static void send_done(srv *s, void *arg, int status, const log_append_result *res)
 {
     send_ctx *x = arg;
-    met_observe(&s->met->append_latency_ms, met_latency_bounds,
-                (double)(srv_now_ms() - x->t0_ms));
+    if (!x->user_done)
+        met_observe(&s->met->append_latency_ms, met_latency_bounds,
+                    (double)(srv_now_ms() - x->t0_ms));
     if (status == 0) {
-        s->met->messages_appended++;
+        if (!x->user_done)
+            s->met->messages_appended++;
         if (x->key) {
             for (uint32_t i = 0; i < x->key->nwaiters; i++) {
                 conn *c = conn_find(s, x->key->waiters[i]);
@@ -457,6 +462,8 @@ static void send_done(srv *s, void *arg, int status, const log_append_result *re
                 send_error(c, code, msg, "");
         }
     }
+    if (x->user_done)
+        x->user_done(s, x->user_ctx, status, res);
     free(x);
 }
 
@@ -566,26 +573,25 @@ int gw_submit_message(srv *s, uint64_t sender, uint64_t conv_id, const char *bod
     rec_view r = {.type = REC_MESSAGE, .conv_id = conv_id, .sender_id = sender,
                   .key = (const uint8_t *)cmid, .key_len = (uint32_t)clen,
                   .body = pb, .body_len = (uint32_t)plen};
-    send_ctx *x = NULL;
-    if (!done) {
-        x = calloc(1, sizeof *x);
-        if (!x) {
-            if (k)
-                st_idem_drop(s->st, k);
-            free(pb);
-            *why = "out of memory";
-            return GW_EINTERNAL;
-        }
-        x->conn_id = waiter_conn;
-        x->sender = sender;
-        x->conv_id = conv_id;
-        x->key = k;
-        x->t0_ms = srv_now_ms();
-        memcpy(x->cmid, cmid, clen);
-        done = send_done;
-        ctx = x;
+    /* send_done settles the key (acks its waiters, or drops it on failure)
+     * and then runs the caller's own done, if any. */
+    send_ctx *x = calloc(1, sizeof *x);
+    if (!x) {
+        if (k)
+            st_idem_drop(s->st, k);
+        free(pb);
+        *why = "out of memory";
+        return GW_EINTERNAL;
     }
-    int rc = srv_append(s, &r, done, ctx);
+    x->conn_id = waiter_conn;
+    x->sender = sender;
+    x->conv_id = conv_id;
+    x->key = k;
+    x->t0_ms = srv_now_ms();
+    memcpy(x->cmid, cmid, clen);
+    x->user_done = done;
+    x->user_ctx = ctx;
+    int rc = srv_append(s, &r, send_done, x);
     free(pb);
     if (rc) {
         if (k)

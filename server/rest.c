@@ -1043,13 +1043,7 @@ static void send_done(srv *s, void *arg, int status, const log_append_result *re
             reply_json(&x->waiters[i], 200, sent_json(x->conv_id, res->msg_id,
                                                       res->ts_ms, x->cmid, x->clen));
     } else {
-        /* gw_submit_message leaves a pending key behind for a caller with
-         * its own done: forget it, or a retry would wait forever. */
-        if (x->clen) {
-            idem *k = st_idem_find(s->st, x->sender, x->conv_id, x->cmid, x->clen);
-            if (k && k->pending)
-                st_idem_drop(s->st, k);
-        }
+        /* gw_submit_message has already dropped the key. */
         reply_engine(&x->rq, status);
         for (uint32_t i = 0; i < x->nwaiters; i++)
             reply_engine(&x->waiters[i], status);
