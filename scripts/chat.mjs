@@ -49,6 +49,8 @@ ws.on('message', (data) => {
   if (f.welcome) {
     console.log(`signed in as user ${f.welcome.userId}; conversation ${conv}`);
     send({ sync: { convId: conv.toString(), afterMsgId: '0', limit: 500 } });
+    ready = true;
+    queued.splice(0).forEach(sendLine);
   } else if (f.syncBatch) {
     (f.syncBatch.messages || []).forEach(show);
     if (f.syncBatch.more) send({ sync: { convId: conv.toString(), afterMsgId: last.toString(), limit: 500 } });
@@ -67,6 +69,11 @@ ws.on('message', (data) => {
 ws.on('close', (code, reason) => { console.log(`closed ${code} ${reason}`); process.exit(0); });
 ws.on('error', (e) => { console.error(e.message); process.exit(1); });
 
+// Lines typed before the session is up wait for it.
+let ready = false;
+const queued = [];
+const sendLine = (line) => send({ send: { convId: conv.toString(), body: line, clientMsgId: crypto.randomUUID() } });
 readline.createInterface({ input: process.stdin }).on('line', (line) => {
-  if (line.trim()) send({ send: { convId: conv.toString(), body: line, clientMsgId: crypto.randomUUID() } });
-}).on('close', () => ws.close());
+  if (!line.trim()) return;
+  if (ready) sendLine(line); else queued.push(line);
+}).on('close', () => setTimeout(() => ws.close(), 500));
