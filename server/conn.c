@@ -517,6 +517,8 @@ static void handle_ws(conn *c, uint8_t *buf, size_t len)
         int code = (int)-used;
         if (code < 1000 || code > 4999)
             code = WS_CLOSE_PROTOCOL;
+        srv_log(c->srv, LOG_DEBUG, "conn %llu: WebSocket error, closing %d",
+                (unsigned long long)c->id, code);
         conn_close(c, code, code == WS_CLOSE_TOO_BIG ? "message too large" : "protocol error");
         return;
     }

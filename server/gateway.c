@@ -276,6 +276,8 @@ static void on_hello(conn *c, const Chat__V1__Hello *h)
     int rc = auth_verify(s->secret, s->secret_len, tok, strlen(tok),
                          srv_now_ms() / 1000, &uid);
     if (rc != AUTH_OK) {
+        srv_log(s, LOG_INFO, "conn %llu: Hello refused: %s", (unsigned long long)c->id,
+                auth_strerror(rc));
         send_error(c, GW_EUNAUTHORIZED, auth_strerror(rc), NULL);
         conn_close(c, WS_CLOSE_UNAUTHORIZED, "unauthorized");
         return;
