@@ -43,6 +43,10 @@ for b in "$@"; do
   run_suite "$b: unit" "$b/tests/unit"
   run_suite "$b: crash (SIGKILL)" "$b/tests/crash" harness --rounds 30
   run_suite "$b: cli" bash tests/cli/test_cli.sh "$b/chatlog"
+  # End-to-end: a real chatd driven by clients nobody here wrote (Node's ws +
+  # protobufjs; Debian's python3-websockets under Debian's own python3).
+  run_suite "$b: e2e node" env CHATD="$PWD/$b/chatd" bash tests/e2e/run.sh
+  run_suite "$b: e2e python" /usr/bin/python3 tests/e2e_py/test_ws.py "$b/chatd"
   # Every committed fuzz input through its target (fuzz/fuzz.mk builds one
   # replay binary per fuzz/corpus/<target>/; a missing one counts as failed).
   for corpus in fuzz/corpus/*/; do
