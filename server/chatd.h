@@ -137,6 +137,7 @@ typedef struct conn {
     char device_id[64];
     int away;
     int close_after_flush;
+    int lingering; /* our side is shut; reading and dropping until EOF */
     int64_t close_deadline_ms;
     int dead;
     int http_requests; /* served on this connection */
@@ -179,6 +180,7 @@ typedef struct srv {
     uint32_t nconns;
     int64_t last_limit_log_ms;
     int stopping;
+    int64_t goodbye_deadline_ms; /* shutdown: connections closing since */
     uint8_t *rbuf; /* shared read buffer */
     size_t rbuf_cap;
     char *hbuf;    /* scratch copy of a request head being parsed */
@@ -218,6 +220,8 @@ void conn_flush_all(srv *s);
 int conn_accept_setup(srv *s);
 void conn_tick(srv *s, int64_t now);
 void conn_free_all(srv *s);
+/* Shutdown: close every connection politely (1001 to WebSockets). */
+void conn_goodbye_all(srv *s);
 
 /* gateway.c (chat.v1 over WebSocket) */
 int gw_on_message(conn *c, const uint8_t *data, size_t len);

@@ -122,9 +122,14 @@ static void flush_out(conn *c)
             free(q);
         }
     }
-    if (!c->dead && !c->out_head && c->close_after_flush) {
+    if (!c->dead && !c->out_head && c->close_after_flush && !c->lingering) {
+        /* Lingering close: shut our side and read until the peer closes
+         * too (or the deadline). Closing with unread input would make the
+         * kernel send a reset, and the peer could lose our last bytes —
+         * the close frame among them. */
         shutdown(c->fd, SHUT_WR);
-        conn_close(c, 0, NULL);
+        c->lingering = 1;
+        c->close_deadline_ms = srv_now_ms() + CLOSE_GRACE_MS;
         return;
     }
     if (!c->dead)
@@ -204,6 +209,10 @@ void conn_send_blob(conn *c, blob *b)
     uint64_t limit = c->srv->cfg.max_pending_out_bytes;
     if (!c->is_ws && limit < HTTP_MAX_PENDING_OUT)
         limit = HTTP_MAX_PENDING_OUT;
+    if (c->out_bytes > limit)
+        flush_out(c); /* judge what the peer has not taken, not a burst */
+    if (c->dead)
+        return;
     if (c->out_bytes > limit) {
         /* A slow consumer: drop what it has not read instead of growing;
          * it resyncs on reconnect. */
@@ -567,6 +576,18 @@ static ssize_t conn_read(conn *c, uint8_t *buf, size_t cap)
 static void on_readable(conn *c)
 {
     srv *s = c->srv;
+    if (c->lingering) {
+        for (int rounds = 0; rounds < 16; rounds++) {
+            ssize_t n = conn_read(c, s->rbuf, s->rbuf_cap);
+            if (n == -EAGAIN)
+                return;
+            if (n <= 0) {
+                conn_close(c, 0, NULL);
+                return;
+            }
+        }
+        return;
+    }
     for (int rounds = 0; rounds < 16 && !c->dead; rounds++) {
         /* Kept bytes first, then new ones, contiguous in the shared buffer
          * (or in c->in itself for a growing HTTP request). */
@@ -781,6 +802,11 @@ void conn_tick(srv *s, int64_t now)
     const chatd_config *cfg = &s->cfg;
     for (conn *c = s->conns, *next; c; c = next) {
         next = c->next_all;
+        if (c->lingering) {
+            if (now > c->close_deadline_ms)
+                conn_close(c, 0, NULL);
+            continue;
+        }
         switch (c->state) {
         case CS_HTTP:
             if (c->http_requests == 0 || c->inlen > 0) {
@@ -815,6 +841,20 @@ void conn_tick(srv *s, int64_t now)
                 conn_close(c, 0, NULL);
             break;
         }
+    }
+    conn_flush_all(s);
+}
+
+void conn_goodbye_all(srv *s)
+{
+    for (conn *c = s->conns, *next; c; c = next) {
+        next = c->next_all;
+        if (c->is_ws && c->state != CS_CLOSING)
+            conn_close(c, WS_CLOSE_GOING_AWAY, "server shutting down");
+        else if (!c->is_ws && !c->out_head)
+            conn_close(c, 0, NULL);
+        else
+            c->close_after_flush = 1;
     }
     conn_flush_all(s);
 }

@@ -735,6 +735,16 @@ static void on_sync(conn *c, const Chat__V1__Sync *m)
         send_error(c, GW_EINTERNAL, cl_strerror(rc), NULL);
         return;
     }
+    /* One SyncBatch is one frame: keep it well inside what the connection
+     * may have pending, whatever the message sizes; `more` says the rest. */
+    size_t budget = s->cfg.max_pending_out_bytes / 2, bytes = 0;
+    for (size_t i = 0; i < r.n; i++) {
+        bytes += r.entries[i].rec.body_len + r.entries[i].rec.key_len + 64;
+        if (i > 0 && bytes > budget) {
+            r.n = i; /* log_result_free still frees every buffer */
+            break;
+        }
+    }
     Chat__V1__Msg *msgs = calloc(r.n ? r.n : 1, sizeof *msgs);
     Chat__V1__Msg **mp = calloc(r.n ? r.n : 1, sizeof *mp);
     Chatlog__Log__V1__MessageBody **bodies = calloc(r.n ? r.n : 1, sizeof *bodies);

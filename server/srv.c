@@ -150,6 +150,22 @@ int srv_append(srv *s, const rec_view *rec,
     return rc;
 }
 
+/* Shutdown, once every in-flight append is answered: say goodbye to every
+ * connection, then leave the loop when they are gone or after a grace
+ * period. */
+static void maybe_finish(srv *s)
+{
+    if (!s->stopping || s->inflight > 0)
+        return;
+    int64_t now = srv_now_ms();
+    if (!s->goodbye_deadline_ms) {
+        s->goodbye_deadline_ms = now + 2000;
+        conn_goodbye_all(s);
+    }
+    if (s->nconns == 0 || now >= s->goodbye_deadline_ms)
+        event_base_loopexit(s->base, NULL);
+}
+
 static void on_wake(evutil_socket_t fd, short what, void *arg)
 {
     srv *s = arg;
@@ -172,8 +188,7 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
         it = next;
     }
     conn_flush_all(s);
-    if (s->stopping && s->inflight == 0)
-        event_base_loopexit(s->base, NULL);
+    maybe_finish(s);
 }
 
 static void on_tick(evutil_socket_t fd, short what, void *arg)
@@ -184,8 +199,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     int64_t now = srv_now_ms();
     gw_tick(s, now);
     conn_tick(s, now);
-    if (s->stopping && s->inflight == 0)
-        event_base_loopexit(s->base, NULL);
+    maybe_finish(s);
 }
 
 static void on_signal(evutil_socket_t sig, short what, void *arg)
@@ -199,8 +213,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     s->stopping = 1;
     if (s->listen_ev)
         event_del(s->listen_ev);
-    if (s->inflight == 0)
-        event_base_loopexit(s->base, NULL);
+    maybe_finish(s);
 }
 
 /* ---- start-up ---- */
@@ -336,10 +349,7 @@ int srv_run(srv *s)
     fflush(stdout);
     event_base_dispatch(s->base);
 
-    /* Answered every in-flight append; say goodbye to the clients. */
-    for (conn *c = s->conns; c; c = c->next_all)
-        if (c->is_ws && c->state != CS_CLOSING)
-            conn_close(c, WS_CLOSE_GOING_AWAY, "server shutting down");
+    /* Connections still open after the goodbye grace period go now. */
     conn_free_all(s);
     rc = 0;
 out:
