@@ -47,6 +47,7 @@ for b in "$@"; do
   # protobufjs; Debian's python3-websockets under Debian's own python3).
   run_suite "$b: e2e node" env CHATD="$PWD/$b/chatd" bash tests/e2e/run.sh
   run_suite "$b: e2e python" /usr/bin/python3 tests/e2e_py/test_ws.py "$b/chatd"
+  run_suite "$b: rest (curl)" bash tests/server/rest_smoke.sh "$b/chatd"
   # Every committed fuzz input through its target (fuzz/fuzz.mk builds one
   # replay binary per fuzz/corpus/<target>/; a missing one counts as failed).
   for corpus in fuzz/corpus/*/; do
