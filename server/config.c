@@ -29,6 +29,7 @@ static const setting settings[] = {
     S(secret_file, "file holding the JWT (HS256) secret"),
     S(tls_cert, "PEM certificate chain; with tls_key, serve wss:// and https://"),
     S(tls_key, "PEM private key"),
+    S(web_root, "directory of the web client served at / (empty: none)"),
     U(shards, 1, 1024, "shards of a new data directory"),
     {"fsync_none", K_BOOL, offsetof(chatd_config, fsync_none), 0, 0, 1,
      "TESTS ONLY: ack before data is durable (true/false)"},

@@ -21,6 +21,7 @@ typedef struct chatd_config {
     char secret_file[CFG_PATH];
     char tls_cert[CFG_PATH]; /* both set: serve wss:// and https:// */
     char tls_key[CFG_PATH];
+    char web_root[CFG_PATH]; /* static files served at / (the web client) */
     uint32_t shards;         /* for a new data directory */
     int fsync_none;          /* TESTS ONLY: ack before fdatasync */
 

@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -403,6 +404,76 @@ static int ws_upgrade(conn *c, const http_req *r)
     return 0;
 }
 
+/* ---- static files (the web client) ---- */
+
+#define STATIC_MAX_FILE (8u << 20)
+
+static const char *content_type(const char *path)
+{
+    static const struct {
+        const char *ext, *type;
+    } types[] = {
+        {".html", "text/html; charset=utf-8"},
+        {".js", "text/javascript; charset=utf-8"},
+        {".mjs", "text/javascript; charset=utf-8"},
+        {".css", "text/css; charset=utf-8"},
+        {".json", "application/json"},
+        {".proto", "text/plain; charset=utf-8"},
+        {".svg", "image/svg+xml"},
+        {".png", "image/png"},
+        {".ico", "image/x-icon"},
+        {".txt", "text/plain; charset=utf-8"},
+    };
+    const char *dot = strrchr(path, '.');
+    for (size_t i = 0; dot && i < sizeof types / sizeof types[0]; i++)
+        if (!strcmp(dot, types[i].ext))
+            return types[i].type;
+    return "application/octet-stream";
+}
+
+/* GET a file under web_root. Only plain names ([A-Za-z0-9._-] segments, no
+ * segment starting with '.') are served, so no path can leave the root. */
+static void serve_static(conn *c, const http_req *r, int ka)
+{
+    const char *p = r->path;
+    if (!strcmp(p, "/"))
+        p = "/index.html";
+    size_t n = strlen(p);
+    int ok = n > 1 && n < 256;
+    for (size_t i = 1; ok && i < n; i++) {
+        char ch = p[i];
+        ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+             (ch >= '0' && ch <= '9') || ch == '-' || ch == '_' ||
+             (ch == '.' && p[i - 1] != '/') || (ch == '/' && p[i - 1] != '/');
+    }
+    if (!ok) {
+        conn_http_error(c, 404, GW_ENOTFOUND, "no such path", ka);
+        return;
+    }
+    char full[CFG_PATH + 256];
+    snprintf(full, sizeof full, "%s%s", c->srv->cfg.web_root, p);
+    FILE *f = fopen(full, "rb");
+    struct stat sb;
+    if (!f || fstat(fileno(f), &sb) || !S_ISREG(sb.st_mode) ||
+        sb.st_size > STATIC_MAX_FILE) {
+        if (f)
+            fclose(f);
+        conn_http_error(c, 404, GW_ENOTFOUND, "no such path", ka);
+        return;
+    }
+    char *body = malloc(sb.st_size ? (size_t)sb.st_size : 1);
+    size_t got = body ? fread(body, 1, (size_t)sb.st_size, f) : 0;
+    fclose(f);
+    if (!body || got != (size_t)sb.st_size) {
+        free(body);
+        conn_http_error(c, 500, GW_EINTERNAL, "cannot read file", 0);
+        return;
+    }
+    conn_http_reply(c, 200, content_type(p), strcmp(r->method, "HEAD") ? body : "",
+                    strcmp(r->method, "HEAD") ? got : 0, ka);
+    free(body);
+}
+
 static void serve_builtin(conn *c, const http_req *r, int ka)
 {
     srv *s = c->srv;
@@ -417,6 +488,8 @@ static void serve_builtin(conn *c, const http_req *r, int ka)
         }
         conn_http_reply(c, 200, "text/plain; version=0.0.4", body, len, ka);
         free(body);
+    } else if (s->cfg.web_root[0]) {
+        serve_static(c, r, ka);
     } else {
         conn_http_error(c, 404, GW_ENOTFOUND, "no such path", ka);
     }
