@@ -31,12 +31,14 @@
  *   <base>.zlog                  compressed sealed segment
  *   <base>.idx                   sidecar index of a sealed segment
  *   tmp-<name>                   being written; deleted by recovery
+ *   <name>.damaged               damaged file kept aside by recovery
  */
 #define NAME_MANIFEST "MANIFEST"
 #define NAME_TMP_PREFIX "tmp-"
 #define SUFFIX_LOG ".log"
 #define SUFFIX_ZLOG ".zlog"
 #define SUFFIX_IDX ".idx"
+#define SUFFIX_DAMAGED ".damaged" /* appended to a file kept aside */
 #define PATH_MAX_LEN 4096
 
 void name_shard_dir(char *out, size_t n, const char *dir, uint32_t shard_id);

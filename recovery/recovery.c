@@ -7,7 +7,8 @@
  * 2. A segment with both <base>.zlog and <base>.log: the .zlog was renamed
  *    into place only after it was verified and synced, so if its header and
  *    block table check out the .log is a leftover and is deleted; if not, the
- *    .zlog is deleted and the .log used.
+ *    .log is used and the .zlog is renamed <base>.zlog.damaged (never
+ *    deleted: damaged data is kept for repair).
  * 3. Segments are taken in base-offset order. All but the last are sealed.
  *    A sealed segment's index comes from its sidecar when the sidecar is
  *    valid and matches the segment; otherwise the segment is scanned (and the
@@ -83,7 +84,8 @@ static int list_cb(const char *name, void *arg)
         return push_base(&l->zlogs, &l->nzlog, &l->capzlog, base);
     if (!name_parse_segment(name, SUFFIX_IDX, &base))
         return push_base(&l->idxs, &l->nidx, &l->capidx, base);
-    log__msg(log, LOG_WARN, "shard %u: ignoring unknown file %s", s->id, name);
+    log__msg(log, LOG_WARN, "shard %u: ignoring %s file %s", s->id,
+             strstr(name, SUFFIX_DAMAGED) ? "damaged" : "unknown", name);
     return 0;
 }
 
@@ -548,7 +550,18 @@ int rcv_shard(shard *s)
             }
             use_z = zrc == 0;
             if (!ro) {
-                remove_file(s, b, use_z ? SUFFIX_LOG : SUFFIX_ZLOG);
+                if (use_z) {
+                    remove_file(s, b, SUFFIX_LOG);
+                } else {
+                    /* Never delete damaged data: the .log is used, the bad
+                     * .zlog is kept aside (ignored, reported) for repair. */
+                    char from[PATH_MAX_LEN], to[PATH_MAX_LEN];
+                    name_segment(from, sizeof from, s->dir, b, SUFFIX_ZLOG, 0);
+                    snprintf(to, sizeof to, "%s%s", from, SUFFIX_DAMAGED);
+                    io->rename(io, from, to);
+                    log__msg(log, LOG_ERROR, "shard %u: %s is damaged (%s); kept as %s",
+                             s->id, from, cl_strerror(zrc), to);
+                }
                 io->fsync_dir(io, s->dir);
             }
         }
@@ -602,6 +615,12 @@ int rcv_shard(shard *s)
 
     uint64_t end = s->nsegs ? s->segs[s->nsegs - 1]->end : 0;
     int need_active = s->nsegs == 0 || s->segs[s->nsegs - 1]->state != SEG_ACTIVE;
+    /* A last segment whose end is unknown (unreadable) leaves no safe base
+     * for a new one — it could take the damaged segment's own name. Such a
+     * shard refuses writes anyway (write_fenced) until it is repaired. */
+    if (need_active && s->nsegs && s->write_fenced &&
+        s->segs[s->nsegs - 1]->end <= s->segs[s->nsegs - 1]->base)
+        need_active = 0;
     if (need_active && !ro) {
         seg *sg;
         if (s->nsegs && s->segs[s->nsegs - 1]->state == SEG_SEALED && !fresh_active)

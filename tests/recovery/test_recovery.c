@@ -327,3 +327,43 @@ TEST(verify_passes_clean_log_and_fails_on_missing_segment)
     ASSERT_OK(unlink(z));
     ASSERT_EQ(verify_quiet(test_dir()), 1);
 }
+
+TEST(recovery_unreadable_last_zlog_stays_fenced_across_reopens)
+{
+    /* Regression (found by fuzz/recovery): the last segment is a .zlog whose
+     * block table is unreadable, so its end offset is unknown. Recovery used
+     * to start a new active segment at the damaged one's own base; the next
+     * open then saw <base>.log beside a bad <base>.zlog, deleted the .zlog
+     * and forgot the damage — letting msg_ids be handed out again. */
+    log_t *log;
+    log_options o = {.shards = 1, .segment_bytes = 64 << 10};
+    ASSERT_OK(log_open(test_dir(), &o, &log));
+    ASSERT_OK(th_append_many(log, 5, "soon unreadable", 3000));
+    ASSERT_OK(log_close(log));
+    /* Lose the active segment (as if its creation never reached the disk),
+     * then damage the block table of the last sealed one. */
+    char active[4096];
+    ASSERT_OK(last_log(test_dir(), 0, active, sizeof active));
+    ASSERT_OK(unlink(active));
+    const char *z = NULL;
+    for (int i = 0;; i++) {
+        const char *q = nth_file(test_dir(), 0, ".zlog", i);
+        if (!q)
+            break;
+        z = q;
+    }
+    ASSERT(z);
+    char zp[4096];
+    snprintf(zp, sizeof zp, "%s", z);
+    flip_byte(zp, 60);
+    for (int round = 0; round < 2; round++) {
+        ASSERT_OK(log_open(test_dir(), &o, &log));
+        dmg_count dc = {0};
+        log_damage_each(log, count_damage, &dc);
+        ASSERT_GE(dc.corrupt, 1);
+        ASSERT_EQ(th_append_msg(log, 5, "must not get a reused id", NULL), CL_EDAMAGED);
+        ASSERT_OK(log_close(log));
+        ASSERT_EQ(access(zp, F_OK), 0); /* the damaged file is kept */
+    }
+    ASSERT_EQ(verify_quiet(test_dir()), 1);
+}
