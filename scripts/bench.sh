@@ -10,6 +10,8 @@
 #   ENGINE_BENCH_ARGS    e.g. "--seconds 1 --raw-seconds 0.5"
 #   EXTRA_BENCH_ARGS     the two extra engine_bench runs (--mode each, chain)
 #   COMPRESS_BENCH_ARGS  e.g. "--messages 200000"
+#   LOAD_BENCH_ARGS      chatd under load (bench/load.c, runs last), e.g.
+#                        "--seconds 3 --idle 5000"; it starts BUILD_DIR/chatd
 # Any other executable in BUILD_DIR/bench runs with no arguments.
 set -u
 cd "$(dirname "$0")/.." || exit 2
@@ -63,11 +65,25 @@ for bin in "${bins[@]}"; do
       # shellcheck disable=SC2086
       run "$name" "$bin" ${COMPRESS_BENCH_ARGS:-}
       ;;
+    load)
+      continue # chatd's load generator: last, below
+      ;;
     *)
       run "$name" "$bin"
       ;;
   esac
 done
+
+# chatd under load, last: it starts its own chatd (a fresh data directory in
+# $TMPDIR, a free port) and opens up to 20,000 sessions, so it runs alone.
+if [ -x "$build/bench/load" ]; then
+  if [ -x "$build/chatd" ]; then
+    # shellcheck disable=SC2086
+    run load "$build/bench/load" --chatd "$build/chatd" ${LOAD_BENCH_ARGS:-}
+  else
+    echo "=== load: skipped, no $build/chatd"
+  fi
+fi
 
 # ---- summary ----
 # field KEY LINE: the value of KEY=... in a RESULT line.
@@ -132,6 +148,46 @@ if [ -n "$comp" ]; then
   d=$(grep -E '^RESULT bench=compress_dict block=65536 dict=bodies ' "$out" | tail -n 1)
   [ -n "$d" ] && row "  zstd dictionary (bodies) at the engine's 64 KiB blocks" corpus \
     "$(field vs_none_pct "$d")% size" "info"
+fi
+
+# chatd (bench/load.c): its RESULT lines are "RESULT bench=chatd case=..."
+chatd_result() { grep -E "^RESULT bench=chatd case=$1 " "$out" | tail -n 1; }
+lt() { awk -v a="$1" -v b="$2" 'BEGIN { print (a + 0 < b + 0) ? 1 : 0 }'; }
+x=$(chatd_result idle)
+if [ -n "$x" ]; then
+  # Met when chatd holds a session on every descriptor it has left under
+  # its open-file limit (the limit is 20,000 here and cannot be raised).
+  n=$(field sessions "$x"); t=$(field attempted "$x")
+  v=$(verdict "$(field at_limit "$x")")
+  if [ "$(ge "$n" "$t")" = 1 ]; then
+    if [ "$(ge "$t" 20000)" = 1 ]; then v=PASS; else v="info (asked $t)"; fi
+  fi
+  row "chatd: idle sessions up to the open-file limit (20,000)" idle \
+    "$n past Hello ($(field own_fds "$x") fds of its own)" "$v"
+  b=$(field bytes_per_session "$x")
+  row "chatd: <= 2 KiB of server memory per idle session" idle "$b B (RSS delta / sessions)" \
+    "$(verdict "$(le "$b" 2048)")"
+fi
+grep -E '^RESULT bench=chatd case=throughput-' "$out" | while read -r x; do
+  v=$(field acks_per_s "$x")
+  row "chatd: >= 50,000 durable msgs/s end-to-end, 1:1" \
+    "$(field pairs "$x")x$(field window "$x")" "$v msgs/s, p99 $(field p99_ms "$x") ms" \
+    "$(verdict "$(ge "$v" 50000)")"
+done
+x=$(chatd_result latency)
+if [ -n "$x" ]; then
+  p=$(field p99_ms "$x"); r=$(field msgs_per_s "$x")
+  ok=$(lt "$p" 5)
+  [ "$(ge "$r" "$(awk -v a="$(field rate "$x")" 'BEGIN { print a * 0.95 }')")" = 1 ] || ok=0
+  row "chatd: p99 send->receive < 5 ms at 10,000 msgs/s" paced \
+    "p99 $p ms (p50 $(field p50_ms "$x")) at $r/s" "$(verdict "$ok")"
+fi
+x=$(chatd_result fanout)
+if [ -n "$x" ]; then
+  v=$(field deliveries_per_s "$x")
+  row "chatd: >= 1,000,000 deliveries/s in 250-member groups" \
+    "$(field groups "$x")x$(field group_size "$x")" "$v deliveries/s" \
+    "$(verdict "$(ge "$v" 1000000)")"
 fi
 
 if [ ${#failed[@]} -ne 0 ]; then
