@@ -190,6 +190,7 @@ typedef struct srv {
 
     struct st *st; /* chat state */
     struct met *met;
+    struct push *push; /* push notifications (push.c) */
     uint64_t inflight; /* appends not yet answered */
 } srv;
 

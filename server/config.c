@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "push.h"
+
 enum kind { K_STR, K_U32, K_BOOL, K_LEVEL };
 
 typedef struct setting {
@@ -54,6 +56,18 @@ static const setting settings[] = {
     U(typing_per_sec, 1, 1000, "typing frames relayed per user per second"),
     {"log_level", K_LEVEL, offsetof(chatd_config, log_level), 0, 0, 3,
      "debug, info, warn or error"},
+    S(push_url, "push gateway URL, e.g. http://host:5000/_matrix/push/v1/notify (empty: off)"),
+    S(push_tls_ca, "CA certificates (PEM) for an https push_url (empty: the system's)"),
+    {"push_include_body", K_BOOL, offsetof(chatd_config, push_include_body), 0, 0, 1,
+     "put the message text in push notifications (true/false)"},
+    U(push_coalesce_ms, 0, 60000, "push: wait this long and send one per (user, conversation)"),
+    U(push_queue_max, 16, 10000000, "push: queued notifications before the oldest is dropped"),
+    U(push_timeout_ms, 100, 600000, "push: one request to the gateway"),
+    U(push_max_attempts, 1, 100, "push: attempts per notification"),
+    U(push_backoff_ms, 10, 3600000, "push: first retry delay (doubled each time, jittered)"),
+    U(push_backoff_max_ms, 10, 86400000, "push: longest retry delay"),
+    U(push_devices_per_user, 1, 10000, "push: registered devices per user"),
+    U(push_devices_max, 1, 100000000, "push: registered devices in all"),
 };
 
 #define NSETTINGS (sizeof settings / sizeof settings[0])
@@ -83,6 +97,14 @@ void config_defaults(chatd_config *c)
     c->typing_ttl_ms = 6000;
     c->typing_per_sec = 5;
     c->log_level = 1;
+    c->push_coalesce_ms = 200;
+    c->push_queue_max = 10000;
+    c->push_timeout_ms = 10000;
+    c->push_max_attempts = 8;
+    c->push_backoff_ms = 1000;
+    c->push_backoff_max_ms = 60000;
+    c->push_devices_per_user = 10;
+    c->push_devices_max = 100000;
 }
 
 static const setting *find(const char *key)
@@ -218,6 +240,15 @@ int config_validate(const chatd_config *c, char *err, size_t errlen)
     }
     if (!strrchr(c->listen, ':')) {
         snprintf(err, errlen, "listen: '%s' is not host:port", c->listen);
+        return -1;
+    }
+    char why[200];
+    if (c->push_url[0] && push_url_parse(c->push_url, NULL, why, sizeof why)) {
+        snprintf(err, errlen, "push_url: %s", why);
+        return -1;
+    }
+    if (c->push_backoff_max_ms < c->push_backoff_ms) {
+        snprintf(err, errlen, "push_backoff_max_ms: must be at least push_backoff_ms");
         return -1;
     }
     if (c->max_body_bytes + 1024 > c->max_ws_message_bytes) {

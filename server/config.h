@@ -44,6 +44,18 @@ typedef struct chatd_config {
     uint32_t typing_ttl_ms;        /* typing expires without renewal */
     uint32_t typing_per_sec;       /* typing frames relayed per user */
     int log_level;                 /* 0 debug .. 3 error */
+    /* push notifications (server/push.c, docs/push.md) */
+    char push_url[CFG_PATH];       /* gateway notify URL; empty: push off */
+    char push_tls_ca[CFG_PATH];    /* CA file for https gateways; empty: system */
+    int push_include_body;         /* message text in content.body */
+    uint32_t push_coalesce_ms;     /* wait this long, then one per (user, conv) */
+    uint32_t push_queue_max;       /* queued notifications; then drop the oldest */
+    uint32_t push_timeout_ms;      /* one request to the gateway */
+    uint32_t push_max_attempts;    /* per notification, first one included */
+    uint32_t push_backoff_ms;      /* first retry delay, doubled per failure ... */
+    uint32_t push_backoff_max_ms;  /* ... up to this */
+    uint32_t push_devices_per_user;
+    uint32_t push_devices_max;     /* registered devices, all users */
 } chatd_config;
 
 void config_defaults(chatd_config *c);

@@ -27,6 +27,10 @@ typedef struct met {
     uint64_t slow_consumer_disconnects;
     uint64_t errors_by_code[16];
     met_hist append_latency_ms;
+    /* push notifications (push.c; docs/push.md) */
+    uint64_t push_queued, push_coalesced, push_sent, push_failed, push_retried;
+    uint64_t push_dropped, push_rejected, push_skipped;
+    uint64_t push_queue_depth, push_devices; /* gauges */
     /* written by writer threads */
     uint64_t fsync_batches;   /* atomic */
     uint64_t fsync_records;   /* atomic */
