@@ -17,6 +17,7 @@
 #include "chatd.h"
 #include "log.pb-c.h"
 #include "metrics.h"
+#include "push.h"
 #include "state.h"
 
 #define MAX_CLIENT_MSG_ID 64
@@ -893,6 +894,7 @@ void gw_on_commit(srv *s, const log_entry *e)
     convo *cv = st_conv(s->st, r->conv_id);
     if (!cv || !cv->committed)
         return;
+    push_on_commit(s, cv, r); /* members not there: a push notification, later */
     if (r->type == REC_MESSAGE) {
         Chatlog__Log__V1__MessageBody *b =
             chatlog__log__v1__message_body__unpack(NULL, r->body_len, r->body);

@@ -122,6 +122,24 @@ char *met_render(const met *m, uint64_t convs, uint64_t users, size_t *len)
     hist(&b, "chatd_fsync_batch_records", "records per fdatasync group", batch_bounds,
          bc, (double)__atomic_load_n(&m->fsync_records, __ATOMIC_RELAXED),
          __atomic_load_n(&m->fsync_batches, __ATOMIC_RELAXED));
+    counter(&b, "chatd_push_queued_total", "push notifications queued", m->push_queued);
+    counter(&b, "chatd_push_coalesced_total",
+            "messages folded into a queued push notification", m->push_coalesced);
+    counter(&b, "chatd_push_sent_total", "push notifications the gateway accepted",
+            m->push_sent);
+    counter(&b, "chatd_push_failed_total",
+            "push notifications given up (refused, or out of attempts)", m->push_failed);
+    counter(&b, "chatd_push_retried_total", "push attempts scheduled again", m->push_retried);
+    counter(&b, "chatd_push_dropped_total", "push notifications dropped, queue full",
+            m->push_dropped);
+    counter(&b, "chatd_push_rejected_total", "pushkeys the gateway rejected (unregistered)",
+            m->push_rejected);
+    counter(&b, "chatd_push_skipped_total",
+            "push notifications not sent: read, back online or no device by then",
+            m->push_skipped);
+    gauge(&b, "chatd_push_queue_depth", "push notifications queued or in flight",
+          m->push_queue_depth);
+    gauge(&b, "chatd_push_devices", "registered push devices", m->push_devices);
     gauge(&b, "chatd_conversations", "conversations", convs);
     gauge(&b, "chatd_users", "users known", users);
     *len = b.len;

@@ -9,6 +9,7 @@
  *   POST /api/v1/conversations/:id/messages       send (idempotent by key)
  *   POST /api/v1/conversations/:id/read           move the READ pointer
  *   POST /api/v1/conversations/:id/members        add / remove members
+ *   GET|POST|DELETE /api/v1/push/devices          push devices (push.c)
  * An unknown path is 404, a known path with another method 405 (with Allow),
  * then a missing or bad bearer token 401. Every error body is
  * {"error":{"code":N,"name":"...","message":"..."}} with the chat.v1 error
@@ -47,6 +48,7 @@
 #include "chatd.h"
 #include "log.pb-c.h"
 #include "metrics.h"
+#include "push.h"
 #include "state.h"
 
 #define REST_ID_MAX ((1ull << 53) - 1)
@@ -1456,9 +1458,43 @@ static json_t *parse_body(req *rq, const http_req *r, const uint8_t *body, size_
     return j;
 }
 
+/* /api/v1/push/devices: push_rest (push.c) does the work; docs/push.md. */
+static void h_push(req *rq, const http_req *r, const uint8_t *body, size_t blen)
+{
+    int get = !strcmp(r->method, "GET"), del = !strcmp(r->method, "DELETE");
+    uint64_t uid;
+    json_t *j = NULL, *out = NULL;
+    if (!get && !del && strcmp(r->method, "POST")) {
+        reply_error(rq, 405, GW_EBADFRAME, "Allow: GET, POST, DELETE\r\n",
+                    "method %.16s not allowed here", r->method);
+        return;
+    }
+    if (authenticate(rq, r, &uid))
+        return;
+    if ((!get && !del) || (del && blen)) { /* DELETE: a body, or the query */
+        j = parse_body(rq, r, body, blen);
+        if (!j)
+            return;
+    }
+    char err[320];
+    int code = 0, status = push_rest(rq->s, uid, r->method, r, j, &out, &code, err,
+                                     sizeof err);
+    json_decref(j);
+    if (code)
+        reply_error(rq, status, code, NULL, "%s", err);
+    else if (out)
+        reply_json(rq, status, out);
+    else
+        reply_raw(rq, 204, NULL, NULL, 0);
+}
+
 static void handle(req *rq, const http_req *r, const uint8_t *body, size_t blen)
 {
     uint64_t conv_id = 0, uid = 0;
+    if (!strcmp(r->path, PUSH_REST_PATH)) {
+        h_push(rq, r, body, blen);
+        return;
+    }
     int rt = rest__route(r->path, &conv_id);
     if (rt < 0) {
         reply_error(rq, 404, GW_ENOTFOUND, NULL, "no such path");

@@ -33,6 +33,7 @@
 #include "auth.h"
 #include "chatd.h"
 #include "metrics.h"
+#include "push.h"
 #include "state.h"
 
 int64_t srv_now_ms(void)
@@ -331,6 +332,8 @@ int srv_run(srv *s)
     srv_log(s, LOG_INFO, "state: %llu conversations, %llu users loaded in %lld ms",
             (unsigned long long)st_nconvs(s->st), (unsigned long long)st_nusers(s->st),
             (long long)(srv_now_ms() - t0));
+    if (push_start(s))
+        goto out;
     if (listen_on(s))
         goto out;
     s->wake_ev = event_new(s->base, -1, EV_PERSIST, on_wake, s);
@@ -383,6 +386,7 @@ out:
         event_free(s->sig_term);
     if (s->listen_fd > 0)
         close(s->listen_fd);
+    push_free(s); /* queued notifications are dropped: best-effort */
     st_free(s->st);
     map_free(&s->conn_by_id);
     if (s->base)
