@@ -106,6 +106,12 @@ $(BUILD)/bench/%: bench/%.c $(LIB) | $(PROTO_H)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
 
+# bench/load.c drives chatd over WebSocket: it also needs libevent, and
+# libcrypto for the HS256 tokens it mints.
+$(BUILD)/bench/load: bench/load.c $(LIB) | $(PROTO_H)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB) -levent -lcrypto $(LDLIBS)
+
 # The whole suite: plain build, then the same under ASan+UBSan.
 test: $(DEPS_STAMP)
 	$(MAKE) --no-print-directory all

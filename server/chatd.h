@@ -171,6 +171,7 @@ typedef struct srv {
     size_t secret_len;
     SSL_CTX *ssl_ctx;
     int listen_fd;
+    int spare_fd; /* reserve descriptor, see on_accept */
     struct event *listen_ev, *tick_ev, *wake_ev, *sig_int, *sig_term;
     uint64_t next_conn_id;
     conn *conns;        /* every open connection */

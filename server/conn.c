@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
@@ -34,6 +35,9 @@
 #define RBUF_SIZE (64 * 1024)
 #define CLOSE_GRACE_MS 2000
 #define HTTP_MAX_PENDING_OUT (64u << 20)
+/* Descriptors kept for everything but client connections (segments,
+ * sidecars being written, the listener, the spare). */
+#define FD_RESERVE 64
 
 blob *blob_new(size_t len)
 {
@@ -787,37 +791,48 @@ static void conn_event(evutil_socket_t fd, short what, void *arg)
 
 /* ---- accepting ---- */
 
+/* Answer 503 and close; logged at most once a second. */
+static void refuse(srv *s, int fd, const char *why)
+{
+    static const char busy[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
+                               "Connection: close\r\n\r\n";
+    ssize_t w = write(fd, busy, sizeof busy - 1);
+    (void)w;
+    close(fd);
+    s->met->connections_rejected++;
+    int64_t now = srv_now_ms();
+    if (now - s->last_limit_log_ms > 1000) {
+        srv_log(s, LOG_WARN, "refusing connections: %s (%u open)", why, s->nconns);
+        s->last_limit_log_ms = now;
+    }
+}
+
 static void on_accept(evutil_socket_t lfd, short what, void *arg)
 {
     srv *s = arg;
     (void)what;
     for (int i = 0; i < 256; i++) {
         int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0) {
-            if (errno == EMFILE || errno == ENFILE) {
-                int64_t now = srv_now_ms();
-                if (now - s->last_limit_log_ms > 1000) {
-                    srv_log(s, LOG_WARN, "cannot accept: %s (open-file limit reached with %u connections)",
-                            strerror(errno), s->nconns);
-                    s->last_limit_log_ms = now;
-                }
-                s->met->connections_rejected++;
+        if (fd < 0 && (errno == EMFILE || errno == ENFILE) && s->spare_fd >= 0) {
+            /* Out of descriptors: give up the spare one to take the
+             * connection and refuse it properly, instead of leaving it queued
+             * (a level-triggered listener would spin on it). */
+            close(s->spare_fd);
+            s->spare_fd = -1;
+            fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+            if (fd >= 0) {
+                refuse(s, fd, "open-file limit reached");
+                fd = -1;
             }
-            return;
+            s->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+            if (s->spare_fd < 0)
+                srv_log(s, LOG_ERROR, "no descriptor left in reserve: %s", strerror(errno));
+            continue;
         }
+        if (fd < 0)
+            return;
         if (s->nconns >= s->cfg.max_connections || s->stopping) {
-            static const char busy[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
-                                       "Connection: close\r\n\r\n";
-            ssize_t w = write(fd, busy, sizeof busy - 1);
-            (void)w;
-            close(fd);
-            s->met->connections_rejected++;
-            int64_t now = srv_now_ms();
-            if (now - s->last_limit_log_ms > 1000) {
-                srv_log(s, LOG_WARN, "connection limit reached (%u, max_connections); refusing",
-                        s->nconns);
-                s->last_limit_log_ms = now;
-            }
+            refuse(s, fd, s->stopping ? "shutting down" : "max_connections reached");
             continue;
         }
         int one = 1;
@@ -861,6 +876,19 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg)
 
 int conn_accept_setup(srv *s)
 {
+    /* Keep connections below the open-file limit, with room for the log's
+     * files, the listener and a spare descriptor to refuse with. */
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
+        uint64_t room = rl.rlim_cur > FD_RESERVE ? rl.rlim_cur - FD_RESERVE : 1;
+        if (s->cfg.max_connections > room) {
+            srv_log(s, LOG_WARN, "max_connections lowered from %u to %llu by the open-file limit (%llu)",
+                    s->cfg.max_connections, (unsigned long long)room,
+                    (unsigned long long)rl.rlim_cur);
+            s->cfg.max_connections = (uint32_t)room;
+        }
+    }
+    s->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     s->rbuf_cap = RBUF_SIZE + 1024 * 1024;
     s->rbuf = malloc(s->rbuf_cap);
     s->hbuf = malloc(s->cfg.max_head_bytes + 1);
@@ -938,6 +966,9 @@ void conn_free_all(srv *s)
     while (s->conns)
         kill_conn(s->conns);
     conn_reap(s);
+    if (s->spare_fd >= 0)
+        close(s->spare_fd);
+    s->spare_fd = -1;
     free(s->rbuf);
     free(s->hbuf);
     s->rbuf = NULL;

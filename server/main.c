@@ -88,6 +88,7 @@ int main(int argc, char **argv)
     srv s;
     memset(&s, 0, sizeof s);
     s.listen_fd = -1;
+    s.spare_fd = -1;
     config_defaults(&s.cfg);
     char err[512];
     /* The config file first, wherever --config appears; then the flags. */

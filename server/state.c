@@ -309,13 +309,16 @@ static void keys_grow(st *t)
     t->kcap = ncap;
 }
 
-/* Drop a user's oldest keys beyond the count limit once they are also older
- * than the window: both promises hold (docs/protocol.md). */
+/* A key is kept while it is among its user's last idempotency_keys sends
+ * and younger than idempotency_window_s. So every user gets at least one of
+ * the two promises — 24 h for anyone sending fewer than 10,000 messages a
+ * day, the last 10,000 sends for anyone sending more — and memory stays
+ * bounded by the count (docs/protocol.md). */
 static void keys_expire(st *t, user *u, int64_t now)
 {
     int64_t cutoff = now - (int64_t)t->s->cfg.idempotency_window_s * 1000;
-    while (u->key_head && u->nkeys > t->s->cfg.idempotency_keys &&
-           !u->key_head->pending && u->key_head->ts_ms < cutoff) {
+    while (u->key_head && !u->key_head->pending &&
+           (u->nkeys > t->s->cfg.idempotency_keys || u->key_head->ts_ms < cutoff)) {
         idem *k = u->key_head;
         u->key_head = k->unext;
         if (!u->key_head)
