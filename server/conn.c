@@ -802,7 +802,7 @@ static void refuse(srv *s, int fd, const char *why)
     s->met->connections_rejected++;
     int64_t now = srv_now_ms();
     if (now - s->last_limit_log_ms > 1000) {
-        srv_log(s, LOG_WARN, "refusing connections: %s (%u open)", why, s->nconns);
+        srv_log(s, LOG_WARN, "connection limit reached (%s): refusing, %u open", why, s->nconns);
         s->last_limit_log_ms = now;
     }
 }
