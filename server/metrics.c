@@ -135,7 +135,7 @@ char *met_render(const met *m, uint64_t convs, uint64_t users, size_t *len)
     counter(&b, "chatd_push_rejected_total", "pushkeys the gateway rejected (unregistered)",
             m->push_rejected);
     counter(&b, "chatd_push_skipped_total",
-            "push notifications not sent: read, back online or no device by then",
+            "push notifications not sent: read, back online, no device, or superseded",
             m->push_skipped);
     gauge(&b, "chatd_push_queue_depth", "push notifications queued or in flight",
           m->push_queue_depth);

@@ -1061,6 +1061,9 @@ static void note_add(push *p, uint64_t uid, uint64_t conv_id, uint64_t msg_id,
             s->met->push_coalesced++;
             return;
         }
+    /* Counted here, so that every queued notification ends as exactly one
+     * of sent, failed, dropped or skipped (or is still in the queue). */
+    s->met->push_queued++;
     if (p->nnotes >= s->cfg.push_queue_max) {
         pnote *old = p->head;
         while (old && old->state == PN_INFLIGHT)
@@ -1107,7 +1110,6 @@ static void note_add(push *p, uint64_t uid, uint64_t conv_id, uint64_t msg_id,
         p->head = n;
     p->tail = n;
     p->nnotes++;
-    s->met->push_queued++;
     gauge(p);
     note_wait(p, n, s->cfg.push_coalesce_ms);
 }
@@ -1204,7 +1206,7 @@ static void note_retry(push *p, pnote *n, const char *why)
         if (x != n && x->conv_id == n->conv_id && x->msg_id > n->msg_id) {
             /* A newer notification for the same (user, conversation) is
              * queued: it carries the latest figures, this one is done. */
-            s->met->push_coalesced++;
+            s->met->push_skipped++;
             note_free(p, n);
             return;
         }

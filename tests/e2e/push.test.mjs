@@ -47,8 +47,14 @@ async function send(s, uid, conv, body) {
 
 const m = async (s, name) => (await metrics(s))[`chatd_push_${name}`];
 
-/** Wait until nothing is queued or in flight. */
-const drained = (s) => until(async () => (await m(s, 'queue_depth')) === 0, 'the push queue to drain');
+/** Wait until nothing is queued or in flight; then every queued
+ * notification has ended as exactly one of sent, failed, dropped, skipped. */
+async function drained(s) {
+  await until(async () => (await m(s, 'queue_depth')) === 0, 'the push queue to drain');
+  const x = await metrics(s), v = (k) => x[`chatd_push_${k}_total`];
+  assert.equal(v('queued'), v('sent') + v('failed') + v('dropped') + v('skipped'),
+    `push accounting: ${JSON.stringify(Object.fromEntries(Object.entries(x).filter(([k]) => k.startsWith('chatd_push'))))}`);
+}
 
 e2e('push: an offline member gets one notification with room, sender, unread and its devices; no body by default', async (ctx) => {
   const rx = await receiver(ctx);
@@ -177,6 +183,7 @@ e2e('push: a gateway that never answers times out, a reset connection is retried
   assert.ok(reqs[1].at - reqs[0].at >= 350, `the timeout fired after ${reqs[1].at - reqs[0].at} ms`);
   await until(async () => (await m(s, 'sent_total')) === 1, 'sent_total 1');
   assert.equal(await m(s, 'retried_total'), 2);
+  await drained(s);
 });
 
 e2e('push: out of attempts on 5xx, and a 4xx is not retried; both count as failed', async (ctx) => {
@@ -217,6 +224,7 @@ e2e('push: a pushkey the gateway rejects is unregistered, also after a restart; 
   const [, req2] = await rx.waitFor(2);
   assert.deepEqual(req2.json.notification.devices.map((d) => d.pushkey), ['pk-live']);
   assert.deepEqual(req2.json.notification.counts, { unread: 2 });
+  await drained(s);
 });
 
 e2e('push: with push_include_body the text is in content, cut to 1024 bytes on a UTF-8 boundary', async (ctx) => {
@@ -367,4 +375,5 @@ e2e('push: https gateways: the certificate is verified (push_tls_ca), an untrust
   await send(s2, 1, conv2, 'hi');
   await until(async () => (await m(s2, 'failed_total')) === 1, 'the untrusted gateway to be given up');
   assert.equal(rx2.requests.length, 0, 'no request reached a gateway with an untrusted certificate');
+  await drained(s2);
 });
