@@ -570,6 +570,8 @@ static void process_group(shard *s, pending *list, uint32_t count)
         /* Put the log back as it was: drop what may have been written and
          * hand the msg_ids out again. */
         int trc = io->truncate(act->f, act->raw_size);
+        if (trc == 0 && !sticky)
+            trc = io->fdatasync(act->f); /* the cut must be durable too */
         if (trc && !sticky) {
             sticky = 1;
             rc = trc;
@@ -665,8 +667,11 @@ static void *writer_main(void *arg)
             dl.tv_sec += dl.tv_nsec / 1000000000;
             dl.tv_nsec %= 1000000000;
             while (s->qbytes < log->opt.max_batch_bytes && !s->stopping &&
+                   !s->paused &&
                    pthread_cond_timedwait(&s->qcond, &s->qmu, &dl) == 0)
                 ;
+            if (s->paused && !s->stopping)
+                continue; /* a truncation holds the shard: wait for it */
         }
         /* Take a group: at least one record, then while it fits. */
         pending *head = s->qhead, *tail = head;
@@ -1296,7 +1301,10 @@ int log_truncate_from(log_t *log, uint32_t shard_id, uint64_t offset)
     if (offset >= s->durable_offset)
         goto out;
     int si = find_seg_locked(s, offset);
-    if (si < 0 || s->segs[si]->state == SEG_COMPRESSED || s->segs[si]->sealing) {
+    int sealing = 0;
+    for (uint32_t i = si < 0 ? s->nsegs : (uint32_t)si; i < s->nsegs; i++)
+        sealing |= s->segs[i]->sealing;
+    if (si < 0 || s->segs[si]->state == SEG_COMPRESSED || sealing) {
         /* Truncating into compressed history is not supported: the
          * replication layer keeps uncommitted records in raw segments. */
         rc = CL_EINVAL;

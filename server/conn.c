@@ -597,8 +597,10 @@ static int ws_cb(void *arg, int opcode, const uint8_t *data, size_t len,
 static void handle_ws(conn *c, uint8_t *buf, size_t len)
 {
     ssize_t used = ws_parse(&c->ws, buf, len, ws_cb, c);
-    if (c->dead || (used < 0 && c->state == CS_CLOSING))
+    if (c->dead || (used < 0 && c->state == CS_CLOSING)) {
+        c->inlen = 0; /* nothing parsed here may be parsed again */
         return; /* the callback closed it (-1) */
+    }
     if (used < 0) {
         int code = (int)-used;
         if (code < 1000 || code > 4999)
@@ -608,8 +610,10 @@ static void handle_ws(conn *c, uint8_t *buf, size_t len)
         conn_close(c, code, code == WS_CLOSE_TOO_BIG ? "message too large" : "protocol error");
         return;
     }
-    if (c->state == CS_CLOSING && c->close_after_flush)
+    if (c->state == CS_CLOSING && c->close_after_flush) {
+        c->inlen = 0;
         return;
+    }
     size_t rest = len - (size_t)used;
     if (rest > WS_MAX_FRAME_HEADER) {
         conn_close(c, WS_CLOSE_PROTOCOL, "protocol error");

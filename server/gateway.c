@@ -289,6 +289,7 @@ static void on_hello(conn *c, const Chat__V1__Hello *h)
         return;
     }
     snprintf(c->device_id, sizeof c->device_id, "%s", h->device_id ? h->device_id : "");
+    int state_before = user_state(u);
     c->u = u;
     c->state = CS_READY;
     c->next_dev = u->devices;
@@ -354,7 +355,7 @@ static void on_hello(conn *c, const Chat__V1__Hello *h)
     if (c->dead)
         return;
     each_contact(s, u, presence_to_conn, c);
-    if (u->ndevices == 1) {
+    if (user_state(u) != state_before) {
         u->last_seen_ms = srv_now_ms();
         broadcast_presence(s, u);
     }
@@ -366,6 +367,7 @@ void gw_on_close(conn *c)
     if (!u)
         return;
     srv *s = c->srv;
+    int state_before = user_state(u);
     for (conn **pp = &u->devices; *pp; pp = &(*pp)->next_dev)
         if (*pp == c) {
             *pp = c->next_dev;
@@ -377,6 +379,8 @@ void gw_on_close(conn *c)
     c->u = NULL;
     s->met->ws_sessions--;
     u->last_seen_ms = srv_now_ms();
+    if (u->ndevices > 0 && user_state(u) != state_before && !s->stopping)
+        broadcast_presence(s, u); /* e.g. the last ONLINE device left: AWAY */
     if (u->ndevices == 0 && !s->stopping) {
         /* Stop anything this user was typing. */
         for (uint32_t i = 0; i < ntypings;) {
@@ -444,6 +448,7 @@ static void send_done(srv *s, void *arg, int status, const log_append_result *re
             free(x->key->waiters);
             x->key->waiters = NULL;
             x->key->nwaiters = 0;
+            x->key->held = 0;
         } else {
             conn *c = conn_find(s, x->conn_id);
             if (c && c->state == CS_READY)
@@ -590,6 +595,8 @@ int gw_submit_message(srv *s, uint64_t sender, uint64_t conv_id, const char *bod
     x->sender = sender;
     x->conv_id = conv_id;
     x->key = k;
+    if (k)
+        k->held = 1; /* until send_done: the commit alone must not expire it */
     x->t0_ms = srv_now_ms();
     memcpy(x->cmid, cmid, clen);
     x->user_done = done;

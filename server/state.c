@@ -317,7 +317,7 @@ static void keys_grow(st *t)
 static void keys_expire(st *t, user *u, int64_t now)
 {
     int64_t cutoff = now - (int64_t)t->s->cfg.idempotency_window_s * 1000;
-    while (u->key_head && !u->key_head->pending &&
+    while (u->key_head && !u->key_head->pending && !u->key_head->held &&
            (u->nkeys > t->s->cfg.idempotency_keys || u->key_head->ts_ms < cutoff)) {
         idem *k = u->key_head;
         u->key_head = k->unext;

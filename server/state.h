@@ -23,6 +23,7 @@ typedef struct idem {
     uint64_t msg_id;
     int64_t ts_ms;
     int pending;
+    int held;               /* a Send in flight points here: not expired */
     uint64_t *waiters;      /* conn ids */
     uint32_t nwaiters;
     uint8_t keylen;
