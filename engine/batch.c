@@ -5,7 +5,8 @@
  *
  *   0  u32  magic         0x31424C43 ("CLB1")
  *   4  u16  version       1
- *   6  u16  flags         0 (every other value is invalid in version 1)
+ *   6  u16  flags         bit 0 GROUP_END: last batch of one write (group
+ *                         commit); every other bit must be 0
  *   8  u32  length        whole batch: header + records + checksum
  *  12  u32  shard_id      the shard whose log holds this batch
  *  16  u64  first_offset  log offset of the first record; record i has
@@ -27,7 +28,7 @@
  *       44  key bytes, then body bytes (protobuf)
  *  length-8  u64  XXH3-64 (seed 0) of bytes [0, length-8)
  *
- * VALID means: magic and version match, flags and reserved are zero,
+ * VALID means: magic and version match, no unknown flag, reserved is zero,
  * BATCH_OVERHEAD + record_count*RECORD_HEADER_SIZE <= length <=
  * BATCH_MAX_BYTES, the checksum matches, and the records exactly fill the
  * space between header and checksum with every record's fields in range.
@@ -71,7 +72,7 @@ size_t batch_encode(uint8_t *out, batch_header *h, const rec_view *recs,
     h->record_count = n;
     put_u32(out + 0, BATCH_MAGIC);
     put_u16(out + 4, BATCH_VERSION);
-    put_u16(out + 6, 0);
+    put_u16(out + 6, h->flags);
     put_u32(out + 8, h->length);
     put_u32(out + 12, h->shard_id);
     put_u64(out + 16, h->first_offset);
@@ -86,8 +87,9 @@ size_t batch_encode(uint8_t *out, batch_header *h, const rec_view *recs,
 int batch_peek_header(const uint8_t *buf, batch_header *out)
 {
     if (get_u32(buf) != BATCH_MAGIC || get_u16(buf + 4) != BATCH_VERSION ||
-        get_u16(buf + 6) != 0 || get_u32(buf + 28) != 0)
+        (get_u16(buf + 6) & ~BATCH_FLAGS_KNOWN) || get_u32(buf + 28) != 0)
         return CL_ECORRUPT;
+    out->flags = get_u16(buf + 6);
     out->length = get_u32(buf + 8);
     out->shard_id = get_u32(buf + 12);
     out->first_offset = get_u64(buf + 16);

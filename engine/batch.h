@@ -30,6 +30,12 @@
 #define RECORD_MAX_KEY 255u         /* client_msg_id bytes */
 #define RECORD_MAX_BODY (1u << 20)  /* protobuf body bytes */
 
+/* Batch header flags. GROUP_END marks the last batch of one write (one
+ * group commit: one pwrite, one fdatasync); recovery uses it to tell a torn
+ * last write from damage in synced data. */
+#define BATCH_FLAG_GROUP_END 0x1u
+#define BATCH_FLAGS_KNOWN BATCH_FLAG_GROUP_END
+
 /* Record types. Only REC_MESSAGE takes a per-conversation msg_id from the
  * sequence; the others carry 0 or the msg_id they refer to. */
 enum rec_type {
@@ -56,6 +62,7 @@ typedef struct rec_view {
 } rec_view;
 
 typedef struct batch_header {
+    uint16_t flags;  /* BATCH_FLAG_* */
     uint32_t length; /* whole batch: header + records + checksum */
     uint32_t shard_id;
     uint64_t first_offset;
@@ -71,8 +78,8 @@ static inline size_t batch_record_size(uint32_t key_len, uint32_t body_len)
 }
 
 /* Encode a batch of n records into out, which must hold
- * BATCH_OVERHEAD + sum(batch_record_size) bytes. h->length and
- * h->record_count are filled in. Returns the bytes written. The caller has
+ * BATCH_OVERHEAD + sum(batch_record_size) bytes, with h's flags, shard_id,
+ * first_offset, term and ts_ms. h->length and h->record_count are filled in. Returns the bytes written. The caller has
  * checked the limits above. */
 size_t batch_encode(uint8_t *out, batch_header *h, const rec_view *recs,
                     uint32_t n);

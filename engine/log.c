@@ -503,6 +503,8 @@ static int encode_group(shard *s, pending *list, size_t total, int64_t now)
             return CL_ENOMEM;
         for (uint32_t i = 0; i < n; i++, p = p->next)
             vs[i] = p->rec;
+        if (!p)
+            h.flags = BATCH_FLAG_GROUP_END; /* the write's last batch */
         pos += batch_encode(s->wbuf + pos, &h, vs, n);
         if (vs != views)
             free(vs);

@@ -20,13 +20,21 @@
  *    is served. msg_ids known to lie in it become LOC_DAMAGED entries.
  * 5. The last segment is the active one. It is walked batch by batch; at the
  *    first bad batch at position p:
- *      - if p is within LOG_MAX_WRITE_BYTES of the end of the file, it is a
- *        TORN TAIL: the writer never has more than one group of at most that
- *        size written and not synced, so nothing there was ever acked. The
- *        file is truncated at p and a line says how many bytes were cut.
+ *      - it is a TORN TAIL only if it can lie in the last write: the writer
+ *        has at most one write (one group, at most LOG_MAX_WRITE_BYTES, its
+ *        last batch flagged GROUP_END) unsynced at a time. So the write
+ *        holding p — begun after the last GROUP_END before p — must end
+ *        within LOG_MAX_WRITE_BYTES of its start at the end of the file, and
+ *        after p there may be at most one GROUP_END batch and nothing valid
+ *        after it. Then nothing there was ever acked: the cut bytes are kept
+ *        in <base>.log.tail-<p>.damaged, the file is truncated at p, and a
+ *        line says how many bytes were cut.
  *      - otherwise the bytes at p were synced before later writes, so this is
  *        corruption (rule 4), and a new active segment is started so that
  *        nothing is ever appended after damaged bytes.
+ *    (One case stays ambiguous: damage in the GROUP_END batch of the
+ *    second-to-last write while the last write is lost whole. It is taken
+ *    for a tear; a replica can restore what it cut.)
  * 6. A gap or overlap between consecutive segments is recorded as damage.
  * In read-only mode nothing is deleted, truncated or created: a torn tail is
  * reported and left out of reads.
@@ -195,9 +203,11 @@ static int64_t resync(shard *s, const uint8_t *buf, uint64_t len, uint64_t from,
 
 /* Walk the batches of buf[0..len) (raw positions base_pos..), indexing them,
  * from expected offset *off. Stops at the first bad batch, returning its
- * position in *bad (or len when all were good). */
+ * position in *bad (or len when all were good); *group_start is the position
+ * after the last GROUP_END batch seen (where the last write began). */
 static int walk(shard *s, seg *sg, const uint8_t *buf, uint64_t len,
-                uint64_t base_pos, uint64_t *off, uint64_t *bad, int *err)
+                uint64_t base_pos, uint64_t *off, uint64_t *bad, int *err,
+                uint64_t *group_start)
 {
     uint64_t pos = 0;
     *err = 0;
@@ -212,9 +222,37 @@ static int walk(shard *s, seg *sg, const uint8_t *buf, uint64_t len,
             return rc;
         *off += h.record_count;
         pos += h.length;
+        if (h.flags & BATCH_FLAG_GROUP_END)
+            *group_start = base_pos + pos;
     }
     *bad = pos;
     return 0;
+}
+
+/* Could the damage at bad be a torn last write? Only the last write can be
+ * torn (the writer syncs each write before the next), so: the write that
+ * holds bad began at group_start (after the last complete write) and must
+ * reach the end of the file within the largest write; and after bad there
+ * is at most that one write's GROUP_END batch, with nothing valid after it.
+ * Two writes' ends after bad — or valid data after an end — mean the bytes
+ * at bad were synced before later writes: damage, not a tear. */
+static int is_torn_tail(shard *s, const uint8_t *buf, uint64_t len,
+                        uint64_t group_start, uint64_t bad)
+{
+    if (len - group_start > LOG_MAX_WRITE_BYTES)
+        return 0;
+    int ends = 0;
+    for (uint64_t q = bad + 1;;) {
+        batch_header h;
+        int64_t v = resync(s, buf, len, q, &h);
+        if (v < 0)
+            return 1;
+        if (ends)
+            return 0; /* valid data after a write's end */
+        if (h.flags & BATCH_FLAG_GROUP_END)
+            ends++;
+        q = (uint64_t)v + h.length;
+    }
 }
 
 /* Scan a raw segment held in buf. active: apply the torn-tail rule. Sets
@@ -223,17 +261,18 @@ static int walk(shard *s, seg *sg, const uint8_t *buf, uint64_t len,
 static int scan_raw(shard *s, seg *sg, const uint8_t *buf, uint64_t len,
                     int active, uint64_t *valid_end, int *fresh_active)
 {
-    uint64_t off = sg->base, start = 0;
+    uint64_t off = sg->base, start = 0, group_start = 0;
     for (;;) {
         uint64_t bad;
         int err;
-        int rc = walk(s, sg, buf + start, len - start, start, &off, &bad, &err);
+        int rc = walk(s, sg, buf + start, len - start, start, &off, &bad, &err,
+                      &group_start);
         if (rc)
             return rc;
         bad += start;
         if (bad >= len)
             break;
-        if (active && len - bad <= LOG_MAX_WRITE_BYTES) {
+        if (active && is_torn_tail(s, buf, len, group_start, bad)) {
             damage(s, sg->base, bad, len - bad, off, off, err, 1, KNOWN);
             len = bad;
             break;
@@ -287,6 +326,7 @@ static int read_whole(io_vfs *io, io_file *f, uint8_t **out, uint64_t *len)
 static int scan_zlog(shard *s, seg *sg, uint64_t zend)
 {
     rbuf blk = {0};
+    uint64_t gs_unused = 0;
     uint64_t off = sg->base;
     int rc = 0;
     for (uint32_t i = 0; i < sg->nblocks && rc == 0; i++) {
@@ -294,7 +334,8 @@ static int scan_zlog(shard *s, seg *sg, uint64_t zend)
         int err = zlog_read_block(s->log->io, sg->f, b, &blk);
         uint64_t bad = 0;
         if (err == 0)
-            rc = walk(s, sg, blk.p, b->raw_len, b->raw_pos, &off, &bad, &err);
+            rc = walk(s, sg, blk.p, b->raw_len, b->raw_pos, &off, &bad, &err,
+                      &gs_unused);
         if (rc == 0 && err) {
             /* Fence the rest of the block; the next block's first batch
              * tells where offsets resume. */
@@ -383,6 +424,27 @@ static int add_seg(shard *s, seg *sg)
     }
     s->segs[s->nsegs++] = sg;
     return 0;
+}
+
+/* Keep the bytes a torn tail cut in <base>.log.tail-<pos>.damaged: the
+ * rule that calls them torn is sound but for one corner (see rule 5), and
+ * cut data should stay recoverable by hand. Synced before the cut. */
+static int keep_tail(shard *s, uint64_t base, const uint8_t *p, uint64_t n,
+                     uint64_t pos)
+{
+    io_vfs *io = s->log->io;
+    char segpath[PATH_MAX_LEN], path[PATH_MAX_LEN];
+    name_segment(segpath, sizeof segpath, s->dir, base, SUFFIX_LOG, 0);
+    snprintf(path, sizeof path, "%s.tail-%llu%s", segpath, (unsigned long long)pos,
+             SUFFIX_DAMAGED);
+    io_file *f;
+    int rc = io->open(io, path, IO_RDWR | IO_CREATE, &f);
+    if (rc)
+        return rc;
+    if ((rc = io->truncate(f, 0)) == 0 && (rc = io->pwrite(f, p, n, 0)) == 0)
+        rc = io->fdatasync(f);
+    io->close(f);
+    return rc ? rc : io->fsync_dir(io, s->dir);
 }
 
 /* Open and index one segment. */
@@ -477,11 +539,14 @@ static int recover_segment(shard *s, uint64_t base, int is_zlog, int is_last,
         return rc;
     uint32_t damage_before = s->ndamage;
     rc = scan_raw(s, sg, buf, len, is_last, &valid_end, fresh_active);
+    int torn = rc == 0 && is_last && valid_end < fsize &&
+               s->ndamage > damage_before && s->damage[s->ndamage - 1].torn_tail;
+    if (torn && !ro)
+        rc = keep_tail(s, base, buf + valid_end, len - valid_end, valid_end);
     free(buf);
     if (rc)
         return rc;
-    if (is_last && valid_end < fsize && s->ndamage > damage_before &&
-        s->damage[s->ndamage - 1].torn_tail) {
+    if (torn) {
         log__msg(log, LOG_INFO,
                  "shard %u: torn tail: cut %llu bytes at byte %llu of segment "
                  "%020llu (never acked)%s",

@@ -111,6 +111,9 @@ TEST(batch_header_limits)
     ASSERT_EQ(batch_peek_header(buf, &h), CL_ECORRUPT);
     put_u32(buf + 24, 1);
     ASSERT_OK(batch_peek_header(buf, &h));
-    put_u16(buf + 6, 1); /* unknown flag */
+    put_u16(buf + 6, BATCH_FLAG_GROUP_END);
+    ASSERT_OK(batch_peek_header(buf, &h));
+    ASSERT_EQ(h.flags, BATCH_FLAG_GROUP_END);
+    put_u16(buf + 6, 2); /* unknown flag */
     ASSERT_EQ(batch_peek_header(buf, &h), CL_ECORRUPT);
 }

@@ -367,3 +367,58 @@ TEST(recovery_unreadable_last_zlog_stays_fenced_across_reopens)
     }
     ASSERT_EQ(verify_quiet(test_dir()), 1);
 }
+
+TEST(recovery_damage_near_the_end_of_many_small_writes_is_not_a_torn_tail)
+{
+    /* Regression (review): damage within 4 MiB of the end of the active
+     * segment used to be cut as a "torn tail" although every later write had
+     * been synced and acked. Only the last write can be torn. */
+    log_t *log;
+    log_options o = {.shards = 1, .segment_bytes = 64ull << 20};
+    ASSERT_OK(log_open(test_dir(), &o, &log));
+    for (int i = 0; i < 400; i++) /* many separate writes (groups) */
+        ASSERT_OK(th_append_many(log, 3, "acked and synced", 10));
+    ASSERT_OK(log_close(log));
+    char p[4096];
+    ASSERT_OK(last_log(test_dir(), 0, p, sizeof p));
+    off_t size = file_size(p);
+    ASSERT_LT(size, (off_t)LOG_MAX_WRITE_BYTES);
+    flip_byte(p, size / 4);
+    ASSERT_EQ(verify_quiet(test_dir()), 1);
+    ASSERT_OK(log_open(test_dir(), &o, &log));
+    dmg_count dc = {0};
+    log_damage_each(log, count_damage, &dc);
+    ASSERT_EQ(dc.torn, 0);
+    ASSERT_EQ(dc.corrupt, 1);
+    ASSERT_U64_EQ(log_conv_last_msg_id(log, 3), 4000); /* all still indexed */
+    ASSERT_OK(log_close(log));
+    ASSERT_EQ(file_size(p), size); /* nothing cut */
+}
+
+TEST(recovery_torn_last_write_is_cut_and_kept_aside)
+{
+    log_t *log;
+    log_options o = {.shards = 1};
+    ASSERT_OK(log_open(test_dir(), &o, &log));
+    for (int i = 0; i < 20; i++)
+        ASSERT_OK(th_append_many(log, 4, "before the tear", 5));
+    ASSERT_OK(log_close(log));
+    char p[4096];
+    ASSERT_OK(last_log(test_dir(), 0, p, sizeof p));
+    off_t size = file_size(p);
+    /* Tear the last write: keep its first bytes only. */
+    ASSERT_OK(truncate(p, size - 40));
+    ASSERT_OK(log_open(test_dir(), &o, &log));
+    dmg_count dc = {0};
+    log_damage_each(log, count_damage, &dc);
+    ASSERT_EQ(dc.torn, 1);
+    ASSERT_EQ(dc.corrupt, 0);
+    ASSERT_U64_EQ(log_conv_last_msg_id(log, 4), 95);
+    ASSERT_OK(log_close(log));
+    char kept[4200];
+    snprintf(kept, sizeof kept, "%s.tail-%llu.damaged", p,
+             (unsigned long long)file_size(p));
+    ASSERT_EQ(access(kept, F_OK), 0);
+    ASSERT_EQ(file_size(kept), size - 40 - file_size(p));
+    ASSERT_EQ(verify_quiet(test_dir()), 0);
+}
