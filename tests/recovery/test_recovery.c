@@ -402,6 +402,7 @@ TEST(recovery_torn_last_write_is_cut_and_kept_aside)
     ASSERT_OK(log_open(test_dir(), &o, &log));
     for (int i = 0; i < 20; i++)
         ASSERT_OK(th_append_many(log, 4, "before the tear", 5));
+    ASSERT_OK(th_append_msg(log, 4, "the last write, alone", NULL));
     ASSERT_OK(log_close(log));
     char p[4096];
     ASSERT_OK(last_log(test_dir(), 0, p, sizeof p));
@@ -413,7 +414,7 @@ TEST(recovery_torn_last_write_is_cut_and_kept_aside)
     log_damage_each(log, count_damage, &dc);
     ASSERT_EQ(dc.torn, 1);
     ASSERT_EQ(dc.corrupt, 0);
-    ASSERT_U64_EQ(log_conv_last_msg_id(log, 4), 95);
+    ASSERT_U64_EQ(log_conv_last_msg_id(log, 4), 100);
     ASSERT_OK(log_close(log));
     char kept[4200];
     snprintf(kept, sizeof kept, "%s.tail-%llu.damaged", p,
