@@ -309,12 +309,12 @@ int srv_run(srv *s)
                       .fsync = s->cfg.fsync_none ? LOG_FSYNC_NONE : LOG_FSYNC_ALWAYS,
                       .log_fn = engine_log, .log_arg = s,
                       .on_commit = on_commit, .commit_arg = s};
-    int lrc = log_open(s->cfg.data, &lo, &s->log);
-    if (lrc == CL_EMANIFEST) {
-        /* An existing directory keeps its shard count. */
+    /* `shards` only shapes a new directory; an existing one keeps its own. */
+    char manifest[CFG_PATH + 16];
+    snprintf(manifest, sizeof manifest, "%s/MANIFEST", s->cfg.data);
+    if (access(manifest, F_OK) == 0)
         lo.shards = 0;
-        lrc = log_open(s->cfg.data, &lo, &s->log);
-    }
+    int lrc = log_open(s->cfg.data, &lo, &s->log);
     if (lrc) {
         srv_log(s, LOG_ERROR, "data: cannot open %s: %s", s->cfg.data, cl_strerror(lrc));
         goto out;
@@ -324,8 +324,7 @@ int srv_run(srv *s)
     int64_t t0 = srv_now_ms();
     lrc = st_load(s->st, s->log);
     if (lrc)
-        srv_log(s, LOG_ERROR, "loading state stopped early: %s (damaged data is not served)",
-                cl_strerror(lrc));
+        srv_log(s, LOG_ERROR, "state loaded around damaged data (%s): see above", cl_strerror(lrc));
     srv_log(s, LOG_INFO, "state: %llu conversations, %llu users loaded in %lld ms",
             (unsigned long long)st_nconvs(s->st), (unsigned long long)st_nusers(s->st),
             (long long)(srv_now_ms() - t0));

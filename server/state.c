@@ -519,24 +519,61 @@ void st_apply(st *t, const log_entry *e)
     }
 }
 
+typedef struct load_ctx {
+    st *t;
+    uint64_t next; /* offset after the last record applied */
+} load_ctx;
+
 static int load_cb(void *arg, const batch_header *h, const uint8_t *bytes,
                    const log_entry *e, size_t n)
 {
+    load_ctx *x = arg;
     (void)h;
     (void)bytes;
-    for (size_t i = 0; i < n; i++)
-        st_apply(arg, &e[i]);
+    for (size_t i = 0; i < n; i++) {
+        st_apply(x->t, &e[i]);
+        x->next = e[i].offset + 1;
+    }
+    return 0;
+}
+
+/* Where to resume after unreadable data at offset off: the end of the
+ * segment holding it (or the next segment's start). 0 when none. */
+static uint64_t skip_past(log_t *log, uint32_t shard, uint64_t off)
+{
+    log_segment_info si;
+    for (uint32_t i = 0; log_segment_info_get(log, shard, i, &si) == 0; i++) {
+        if (si.base_offset > off)
+            return si.base_offset;
+        if (off < si.end_offset)
+            return si.end_offset > off ? si.end_offset : 0;
+    }
     return 0;
 }
 
 int st_load(st *t, log_t *log)
 {
+    int first = 0;
     for (uint32_t sh = 0; sh < log_shard_count(log); sh++) {
-        int rc = log_read_from(log, sh, 0, 0, load_cb, t);
-        if (rc)
-            return rc;
+        load_ctx x = {t, 0};
+        for (;;) {
+            int rc = log_read_from(log, sh, x.next, 0, load_cb, &x);
+            if (rc == 0)
+                break;
+            /* Damaged data: keep loading everything after it rather than
+             * serve an empty state; what it held is missing until repair. */
+            uint64_t resume = skip_past(log, sh, x.next);
+            srv_log(t->s, LOG_ERROR, "shard %u: records %llu..%llu unreadable (%s); skipped",
+                    sh, (unsigned long long)x.next,
+                    (unsigned long long)(resume ? resume - 1 : x.next), cl_strerror(rc));
+            if (!first)
+                first = rc;
+            if (resume <= x.next)
+                break;
+            x.next = resume;
+        }
     }
-    return 0;
+    return first;
 }
 
 uint64_t st_nconvs(const st *t) { return t->convs.n; }
