@@ -13,6 +13,7 @@
  * conn_close() marks it dead and moves it to srv->dead; conn_reap() frees
  * the dead at the end of each event callback.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <event2/event.h>
 #include <fcntl.h>
@@ -878,13 +879,28 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg)
     }
 }
 
+static uint64_t open_fds(void)
+{
+    uint64_t n = 0;
+    DIR *d = opendir("/proc/self/fd");
+    if (!d)
+        return 0;
+    while (readdir(d))
+        n++;
+    closedir(d);
+    return n > 3 ? n - 3 : 0; /* ".", ".." and the directory's own fd */
+}
+
 int conn_accept_setup(srv *s)
 {
     /* Keep connections below the open-file limit, with room for the log's
      * files, the listener and a spare descriptor to refuse with. */
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
-        uint64_t room = rl.rlim_cur > FD_RESERVE ? rl.rlim_cur - FD_RESERVE : 1;
+        /* Already open (the log's segments among them), plus room for each
+         * shard to roll and seal, plus a fixed reserve. */
+        uint64_t used = open_fds() + 4ull * log_shard_count(s->log) + FD_RESERVE;
+        uint64_t room = rl.rlim_cur > used ? rl.rlim_cur - used : 1;
         if (s->cfg.max_connections > room) {
             srv_log(s, LOG_WARN, "max_connections lowered from %u to %llu by the open-file limit (%llu)",
                     s->cfg.max_connections, (unsigned long long)room,
