@@ -125,9 +125,21 @@ static int manifest_read(log_t *log, uint32_t *shards)
     if (sscanf(ck, "checksum %16llx%c", &want, &tail) != 2 || tail != '\n' ||
         XXH3_64bits(buf, (size_t)(ck - buf)) != want)
         return CL_EMANIFEST;
-    unsigned ver, sh;
-    if (sscanf(buf, "chatlog-manifest %u\nshards %u\n", &ver, &sh) != 2 ||
-        ver != 1 || sh == 0 || sh > LOG_MAX_SHARDS)
+    /* Exactly "chatlog-manifest 1\nshards N\n" with N a plain decimal in
+     * range (sscanf's %u would wrap a long number modulo 2^32). */
+    static const char head[] = "chatlog-manifest 1\nshards ";
+    if (strncmp(buf, head, sizeof head - 1) != 0)
+        return CL_EMANIFEST;
+    const char *p = buf + sizeof head - 1;
+    uint32_t sh = 0;
+    int digits = 0;
+    for (; *p >= '0' && *p <= '9'; p++, digits++) {
+        if (digits >= 5)
+            return CL_EMANIFEST;
+        sh = sh * 10 + (uint32_t)(*p - '0');
+    }
+    if (*p != '\n' || digits == 0 || sh == 0 || sh > LOG_MAX_SHARDS ||
+        (digits > 1 && buf[sizeof head - 1] == '0'))
         return CL_EMANIFEST;
     *shards = sh;
     return 0;

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include "errors.h"
 #include "helpers.h"
@@ -342,4 +343,21 @@ TEST(log_index_memory_under_16_bytes_per_message)
     printf("  index: %.2f bytes/message over %ld messages\n", per, total);
     ASSERT_LT(mem, 16 * (uint64_t)total);
     ASSERT_OK(log_close(log));
+}
+
+TEST(log_manifest_shard_count_that_wraps_is_refused)
+{
+    /* Regression (fuzz/manifest): "shards 7750904230986121217" parsed with
+     * %u wrapped modulo 2^32 into a valid-looking count. */
+    char body[256];
+    int n = snprintf(body, sizeof body,
+                     "chatlog-manifest 1\nshards 000007750904230986121217\ncreated_ms 1\n");
+    n += snprintf(body + n, sizeof body - (size_t)n, "checksum %016llx\n",
+                  (unsigned long long)XXH3_64bits(body, (size_t)n));
+    FILE *f = fopen(test_path(0, "MANIFEST"), "w");
+    ASSERT(f);
+    fwrite(body, 1, (size_t)n, f);
+    fclose(f);
+    log_t *log;
+    ASSERT_EQ(log_open(test_dir(), NULL, &log), CL_EMANIFEST);
 }
