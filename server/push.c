@@ -28,6 +28,10 @@
  * trusted in part: it is renamed to push-devices.json.bad, an ERROR is
  * logged, and the server runs with no registrations (chat does not stop for
  * push). The file is small: rewriting it whole keeps the format trivial.
+ * A failed write changes nothing in memory and is answered as an error; as
+ * every write replaces the whole file from memory, no error has to stick
+ * (unlike the log's appends). Writes run on the loop thread: changes are
+ * rare (a device signing in or out, a pushkey rejected).
  *
  * The notification queue
  * ----------------------
