@@ -192,7 +192,7 @@ e2e('push: out of attempts on 5xx, and a 4xx is not retried; both count as faile
   await register(s, 2, 'pk-b');
   await send(s, 1, conv, 'one');
   await until(async () => (await m(s, 'failed_total')) === 1, 'the first notification to be given up');
-  await rx.waitFor(3); // chatd has its answers; the receiver may log the last one a moment later
+  await rx.waitFor(3); // recorded before answering, but a loaded machine may delay the log
   assert.equal(rx.requests.length, 3, 'push_max_attempts attempts');
   await send(s, 1, conv, 'two');
   await until(async () => (await m(s, 'failed_total')) === 2, 'the 400 to be given up');
@@ -277,7 +277,8 @@ e2e('push: a gateway that hangs and a full queue never delay acks or live delive
   const got = [];
   while (got.length < 30) got.push(await live.nextOf('msg'));
   assert.deepEqual(got.map((x) => x.body), Array.from({ length: 30 }, (_, i) => `m${i}`));
-  assert.ok(slowest < 2000, `the slowest ack took ${slowest} ms`);
+  // Blocked behind the gateway, an ack would wait for push_timeout_ms (60 s).
+  assert.ok(slowest < 5000, `the slowest ack took ${slowest} ms`);
   await rx.waitFor(4); // every connection slot holds a request that will not be answered
   assert.ok((await m(s, 'dropped_total')) > 0, 'the queue overflowed');
   assert.ok((await m(s, 'queue_depth')) <= 16);
