@@ -374,10 +374,14 @@ function haveOpenssl() {
 e2e('push: https gateways: the certificate is verified (push_tls_ca), an untrusted one is never sent to', { skip: !haveOpenssl() && 'no openssl CLI' }, async (ctx) => {
   const dir = fs.mkdtempSync(path.join(process.env.TMPDIR || '/tmp', 'push-tls-'));
   ctx.t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const key = path.join(dir, 'key.pem'), cert = path.join(dir, 'cert.pem');
-  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes',
-    '-keyout', key, '-out', cert, '-days', '2', '-subj', '/CN=push-test',
-    '-addext', 'subjectAltName=IP:127.0.0.1'], { stdio: 'ignore' });
+  const selfSigned = (name, san) => {
+    const key = path.join(dir, `${name}-key.pem`), cert = path.join(dir, `${name}.pem`);
+    execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes',
+      '-keyout', key, '-out', cert, '-days', '2', '-subj', '/CN=push-test',
+      '-addext', `subjectAltName=${san}`], { stdio: 'ignore' });
+    return [key, cert];
+  };
+  const [key, cert] = selfSigned('good', 'IP:127.0.0.1');
   const rx = await receiver(ctx, { tls: { key: fs.readFileSync(key), cert: fs.readFileSync(cert) } });
   const s = await pushServer(ctx, rx, { 'push-tls-ca': cert });
   const conv = (await createConv(s, 1, 'direct', [2])).conv_id;
@@ -401,4 +405,14 @@ e2e('push: https gateways: the certificate is verified (push_tls_ca), an untrust
   await until(async () => (await m(s2, 'failed_total')) === 1, 'the untrusted gateway to be given up');
   assert.equal(rx2.requests.length, 0, 'no request reached a gateway with an untrusted certificate');
   await drained(s2);
+
+  // A trusted certificate for another address: refused too.
+  const [key3, cert3] = selfSigned('other', 'IP:127.0.0.2');
+  const rx3 = await receiver(ctx, { tls: { key: fs.readFileSync(key3), cert: fs.readFileSync(cert3) } });
+  const s3 = await pushServer(ctx, rx3, { 'push-max-attempts': 2, 'push-tls-ca': cert3 });
+  const conv3 = (await createConv(s3, 1, 'direct', [2])).conv_id;
+  await register(s3, 2, 'pk-b');
+  await send(s3, 1, conv3, 'hi');
+  await until(async () => (await m(s3, 'failed_total')) === 1, 'the misnamed gateway to be given up');
+  assert.equal(rx3.requests.length, 0, 'no request reached a gateway whose certificate names another host');
 });
