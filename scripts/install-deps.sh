@@ -9,6 +9,10 @@ pkgs=(
   libprotobuf-c-dev protobuf-c-compiler
   libssl-dev libjwt-dev libjansson-dev
   python3 python3-websockets
+  # The web client's browser test (tests/web) drives Debian's chromium with
+  # playwright-core; chromium is large (~350 MB installed). DejaVu gives its
+  # screenshots readable text.
+  chromium fonts-dejavu-core
 )
 
 missing=()

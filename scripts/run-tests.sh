@@ -48,6 +48,8 @@ for b in "$@"; do
   run_suite "$b: e2e node" env CHATD="$PWD/$b/chatd" bash tests/e2e/run.sh
   run_suite "$b: e2e python" /usr/bin/python3 tests/e2e_py/test_ws.py "$b/chatd"
   run_suite "$b: rest (curl)" bash tests/server/rest_smoke.sh "$b/chatd"
+  # The web client ($b/web, built by web/web.mk) in Debian's chromium.
+  run_suite "$b: web (chromium)" env CHATD="$PWD/$b/chatd" WEB_ROOT="$PWD/$b/web" bash tests/web/run.sh
   # Every committed fuzz input through its target (fuzz/fuzz.mk builds one
   # replay binary per fuzz/corpus/<target>/; a missing one counts as failed).
   for corpus in fuzz/corpus/*/; do
