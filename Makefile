@@ -58,7 +58,7 @@ UNIT := $(BUILD)/tests/unit
 CRASH := $(BUILD)/tests/crash
 
 .PHONY: all deps test bench run demo clean
-all: $(CHATLOG) $(if $(wildcard server/main.c),$(CHATD)) $(UNIT) $(CRASH) $(BENCH_BIN)
+all: $(CHATLOG) $(if $(wildcard server/main.c),$(CHATD)) $(UNIT) $(CRASH) $(BENCH_BIN) $(BUILD)/web
 
 deps: $(DEPS_STAMP)
 $(DEPS_STAMP): scripts/install-deps.sh
@@ -123,9 +123,9 @@ bench: all
 
 # The main job: chatd on its embedded defaults (data in ./data, listening on
 # 127.0.0.1:8080), with a development secret made on first run.
-run: $(CHATD) $(CHATLOG)
+run: $(CHATD) $(CHATLOG) $(BUILD)/web
 	@test -s chatd.secret || (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > chatd.secret)
-	$(CHATD) --data ./data --listen 127.0.0.1:8080 --secret-file chatd.secret
+	$(CHATD) --data ./data --listen 127.0.0.1:8080 --secret-file chatd.secret --web-root $(BUILD)/web
 
 # The engine on its own: a synthetic workload into ./data-demo and its stats.
 demo: $(CHATLOG)
@@ -139,3 +139,5 @@ clean:
 
 # libFuzzer targets and corpus replay (owned by fuzz/fuzz.mk).
 -include fuzz/fuzz.mk
+# The web client: $(BUILD)/web, make web / web-test / web-screenshots.
+include web/web.mk
