@@ -68,6 +68,8 @@ static const setting settings[] = {
     U(push_backoff_max_ms, 10, 86400000, "push: longest retry delay"),
     U(push_devices_per_user, 1, 10000, "push: registered devices per user"),
     U(push_devices_max, 1, 100000000, "push: registered devices in all"),
+    U(max_media_bytes, 1, 48 << 20, "largest media upload (POST /api/v1/media)"),
+    U(media_url_ttl_s, 1, 365 * 86400, "lifetime of a signed media download URL"),
 };
 
 #define NSETTINGS (sizeof settings / sizeof settings[0])
@@ -98,6 +100,8 @@ void config_defaults(chatd_config *c)
     c->typing_per_sec = 5;
     c->log_level = 1;
     c->push_coalesce_ms = 200;
+    c->max_media_bytes = 16 << 20;
+    c->media_url_ttl_s = 86400;
     c->push_queue_max = 10000;
     c->push_timeout_ms = 10000;
     c->push_max_attempts = 8;

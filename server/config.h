@@ -56,6 +56,9 @@ typedef struct chatd_config {
     uint32_t push_backoff_max_ms;  /* ... up to this */
     uint32_t push_devices_per_user;
     uint32_t push_devices_max;     /* registered devices, all users */
+    /* media (server/media.c, docs/media.md) */
+    uint32_t max_media_bytes;      /* one upload (POST /api/v1/media body) */
+    uint32_t media_url_ttl_s;      /* lifetime of a signed download URL */
 } chatd_config;
 
 void config_defaults(chatd_config *c);
