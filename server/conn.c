@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include "chatd.h"
+#include "media.h"
 #include "metrics.h"
 #include "state.h"
 
@@ -523,7 +524,7 @@ static ssize_t handle_http(conn *c, char *buf, size_t len, size_t *ws_rest)
             conn_http_error(c, -hl, GW_EBADFRAME, "bad HTTP request", 0);
             return -1;
         }
-        if (r.content_length > s->cfg.max_http_body_bytes) {
+        if (r.content_length > media_body_limit(s, &r)) {
             conn_http_error(c, 413, GW_ETOOLARGE, "request body too large", 0);
             return -1;
         }
@@ -545,6 +546,9 @@ static ssize_t handle_http(conn *c, char *buf, size_t len, size_t *ws_rest)
         } else if (!strncmp(r.path, "/api/", 5)) {
             if (rest_handle(c, &r, body, blen))
                 return -1;
+        } else if ((!strcmp(r.method, "GET") || !strcmp(r.method, "HEAD")) &&
+                   !strncmp(r.path, MEDIA_URL_PREFIX, sizeof MEDIA_URL_PREFIX - 1)) {
+            media_serve(c, &r, r.keep_alive);
         } else if (!strcmp(r.method, "GET") || !strcmp(r.method, "HEAD")) {
             serve_builtin(c, &r, r.keep_alive);
         } else {
@@ -677,7 +681,13 @@ static void on_readable(conn *c)
         size_t have = c->inlen, cap;
         int http_big = !c->is_ws && c->inlen > 0;
         if (http_big) {
-            size_t want = s->cfg.max_head_bytes + s->cfg.max_http_body_bytes;
+            /* The largest body of any route (media uploads may be larger
+             * than other bodies); handle_http checks each request's own
+             * limit as soon as its head is complete. */
+            size_t want = s->cfg.max_head_bytes +
+                          (s->cfg.max_media_bytes > s->cfg.max_http_body_bytes
+                               ? s->cfg.max_media_bytes
+                               : s->cfg.max_http_body_bytes);
             if (c->incap < want) {
                 size_t ncap = c->incap ? c->incap * 2 : 16384;
                 if (ncap > want)

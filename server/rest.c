@@ -10,6 +10,8 @@
  *   POST /api/v1/conversations/:id/read           move the READ pointer
  *   POST /api/v1/conversations/:id/members        add / remove members
  *   GET|POST|DELETE /api/v1/push/devices          push devices (push.c)
+ *   POST /api/v1/media                            upload media (media.c)
+ *   GET  /api/v1/media/:sha256/url                mint a signed URL (media.c)
  * An unknown path is 404, a known path with another method 405 (with Allow),
  * then a missing or bad bearer token 401. Every error body is
  * {"error":{"code":N,"name":"...","message":"..."}} with the chat.v1 error
@@ -47,6 +49,7 @@
 #include "auth.h"
 #include "chatd.h"
 #include "log.pb-c.h"
+#include "media.h"
 #include "metrics.h"
 #include "push.h"
 #include "state.h"
@@ -1488,11 +1491,39 @@ static void h_push(req *rq, const http_req *r, const uint8_t *body, size_t blen)
         reply_raw(rq, 204, NULL, NULL, 0);
 }
 
+/* /api/v1/media and /api/v1/media/:id/url: media_rest (media.c) does the
+ * work; docs/media.md. */
+static void h_media(req *rq, const http_req *r, const uint8_t *body, size_t blen)
+{
+    int upload = !strcmp(r->path, MEDIA_REST_PATH);
+    if (strcmp(r->method, upload ? "POST" : "GET")) {
+        reply_error(rq, 405, GW_EBADFRAME, upload ? "Allow: POST\r\n" : "Allow: GET\r\n",
+                    "method %.16s not allowed here", r->method);
+        return;
+    }
+    uint64_t uid;
+    if (authenticate(rq, r, &uid))
+        return;
+    json_t *out = NULL;
+    char err[320];
+    int code = 0, status = media_rest(rq->s, uid, r, body, blen, &out, &code, err,
+                                      sizeof err);
+    if (code || !out)
+        reply_error(rq, status, code ? code : GW_EINTERNAL, NULL, "%s", code ? err : "out of memory");
+    else
+        reply_json(rq, status, out);
+}
+
 static void handle(req *rq, const http_req *r, const uint8_t *body, size_t blen)
 {
     uint64_t conv_id = 0, uid = 0;
     if (!strcmp(r->path, PUSH_REST_PATH)) {
         h_push(rq, r, body, blen);
+        return;
+    }
+    if (!strncmp(r->path, MEDIA_REST_PATH, sizeof MEDIA_REST_PATH - 1) &&
+        (!r->path[sizeof MEDIA_REST_PATH - 1] || r->path[sizeof MEDIA_REST_PATH - 1] == '/')) {
+        h_media(rq, r, body, blen);
         return;
     }
     int rt = rest__route(r->path, &conv_id);

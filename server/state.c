@@ -21,6 +21,7 @@
 
 #include "log.pb-c.h"
 #include "map.h"
+#include "media.h"
 
 #define JS_SAFE_MAX ((1ull << 53) - 1)
 
@@ -412,6 +413,16 @@ static void apply_message(st *t, const log_entry *e)
         }
         if (m->nown < m->capown)
             m->own[m->nown++] = r->msg_id;
+    }
+    /* Remember where media was sent (media.c: who may mint its URLs);
+     * only bodies that can name one are decoded. */
+    if (r->body_len && memmem(r->body, r->body_len, "/media/", 7)) {
+        Chatlog__Log__V1__MessageBody *mb =
+            chatlog__log__v1__message_body__unpack(NULL, r->body_len, r->body);
+        if (mb && mb->media_url)
+            media_note_sent(mb->media_url, strlen(mb->media_url), r->conv_id);
+        if (mb)
+            chatlog__log__v1__message_body__free_unpacked(mb, NULL);
     }
     if (!r->key_len)
         return;
