@@ -6,7 +6,7 @@
 //             sends, receipts, typing, presence), with no DOM
 //   REST      /api/v1 for what the WebSocket protocol has no frame for:
 //             conversation details, older history pages, creating
-//             conversations
+//             conversations, uploading media and minting fresh media URLs
 //
 // After every Welcome (the first and each reconnect) every conversation is
 // synced from the last msg_id it holds, pending messages are sent again with
@@ -25,6 +25,8 @@ const SYNC_LIMIT = 200; // messages per SyncBatch while catching up
 const MAX_BODY_BYTES = 65536; // the server's default max_body_bytes
 const TYPING_RENEW_MS = 3000; // re-send Typing{active} while typing (server TTL 6 s)
 const TYPING_IDLE_MS = 4000; // no keystroke for this long: Typing{active:false}
+const MAX_MEDIA_BYTES = 16 * 1024 * 1024; // the server's default max_media_bytes
+const MEDIA_PATH = /^(?:https?:\/\/[^/]+)?\/media\/([0-9a-f]{64})(?:\?|$)/; // a media_url of ours: its id
 
 const $ = (id) => document.getElementById(id);
 
@@ -93,6 +95,20 @@ function lastSeenText(ms) {
 
 const utf8Length = (s) => new TextEncoder().encode(s).length;
 
+/** 48213 → "47 KB". */
+function fmtSize(n) {
+  if (!Number.isFinite(n) || n < 0) return '';
+  if (n < 1024) return `${n} B`;
+  const units = ['KB', 'MB', 'GB'];
+  let v = n / 1024;
+  let i = 0;
+  while (v >= 1024 && i < units.length - 1) { v /= 1024; i++; }
+  return `${v < 10 ? v.toFixed(1) : Math.round(v)} ${units[i]}`;
+}
+
+/** The media id in a media_url served by chatd, or '' for anything else. */
+const mediaIdOf = (url) => (MEDIA_PATH.exec(url || '') || [])[1] || '';
+
 // ---- protobuf ----
 
 let types = null; // { ClientFrame, ServerFrame } from chat.proto
@@ -125,6 +141,9 @@ class Session {
     this.renderQueued = false;
     this.scrollIntent = null; // 'bottom' | { keepFrom: {height, top} }
     this.flash = ''; // a transient notice in the pane (e.g. a failed REST call)
+    // media id -> { url, ctype, size, state: 'loading'|'ok'|'error', minted }:
+    // what a HEAD of the signed URL told (the message carries only the URL).
+    this.media = new Map();
     this.socket = new ChatSocket({
       url: wsUrlFor(location),
       token,
@@ -147,6 +166,9 @@ class Session {
     clearTimeout(this.deliverTimer);
     clearTimeout(this.typingOut.idle);
     this.socket.stop();
+    for (const c of this.store.convs.values()) {
+      for (const p of c.pending.values()) if (p.preview) URL.revokeObjectURL(p.preview);
+    }
   }
 
   // ---- REST ----
@@ -171,6 +193,84 @@ class Session {
       throw e;
     }
     return json;
+  }
+
+  /** POST /api/v1/media: the file's bytes as the body, its type as
+   * Content-Type. Resolves to { media_id, url, size, content_type }. */
+  async upload(file) {
+    const res = await fetch('/api/v1/media', {
+      method: 'POST',
+      headers: { Authorization: `Bearer ${this.token}`, 'Content-Type': file.type || 'application/octet-stream' },
+      body: file,
+      cache: 'no-store',
+    });
+    let json = null;
+    try { json = await res.json(); } catch { json = null; }
+    if (res.status === 401) {
+      signOut('The server no longer accepts this token (expired?). Sign in with a new one.');
+      throw new Error('unauthorized');
+    }
+    if (res.status === 413) throw new Error('the file is larger than the server accepts');
+    if (!res.ok || !json?.url) throw new Error(json?.error?.message || `upload failed (HTTP ${res.status})`);
+    return json;
+  }
+
+  /** What is known of the media a message points at; starts finding out
+   * (a HEAD of its signed URL, or of a freshly minted one when that one has
+   * expired) the first time, and renders again when it knows. */
+  mediaInfo(id, url) {
+    let info = this.media.get(id);
+    if (!info) {
+      info = { url, ctype: '', size: -1, state: 'loading', minted: false };
+      this.media.set(id, info);
+      this.probeMedia(id, info);
+    }
+    return info;
+  }
+
+  async probeMedia(id, info) {
+    try {
+      let res = await fetch(info.url, { method: 'HEAD', cache: 'no-store' });
+      if (res.status === 403 && !info.minted) {
+        info.url = await this.mintMediaUrl(id);
+        info.minted = true;
+        res = await fetch(info.url, { method: 'HEAD', cache: 'no-store' });
+      }
+      if (!res.ok) throw new Error(`HTTP ${res.status}`);
+      info.ctype = (res.headers.get('Content-Type') || '').toLowerCase();
+      info.size = Number(res.headers.get('Content-Length') ?? -1);
+      info.state = 'ok';
+    } catch (e) {
+      console.warn(`media ${id}:`, e.message);
+      info.state = 'error';
+    }
+    this.render();
+  }
+
+  /** GET /api/v1/media/<id>/url: a fresh signed URL (signed URLs expire). */
+  async mintMediaUrl(id) {
+    const r = await this.api('GET', `/media/${id}/url`);
+    return r.url;
+  }
+
+  /** An inline image failed to load (its URL expired while the page was
+   * open, say): mint a fresh URL once and try again. */
+  async imageFailed(id) {
+    const info = this.media.get(id);
+    if (!info || info.state !== 'ok') return;
+    if (info.minted) {
+      info.state = 'error';
+      this.render();
+      return;
+    }
+    info.minted = true;
+    try {
+      info.url = await this.mintMediaUrl(id);
+    } catch (e) {
+      console.warn(`media ${id}:`, e.message);
+      info.state = 'error';
+    }
+    this.render();
   }
 
   /** GET /api/v1/conversations: details the Welcome lacks (creator,
@@ -439,6 +539,7 @@ class Session {
   // ---- sending ----
 
   sendPending(c, p) {
+    if (p.uploading) return false; // goes out when its upload is done
     return this.socket.send({ send: { convId: c.convId, body: p.body, clientMsgId: p.clientMsgId, mediaUrl: p.mediaUrl } });
   }
 
@@ -454,9 +555,60 @@ class Session {
     this.sendPending(c, p);
   }
 
+  /** Attach a file to the open conversation: shown at once as a pending
+   * message ("Uploading…"), uploaded through POST /api/v1/media, then sent
+   * as a Send with media_url = the returned URL (body: empty for an image,
+   * the file's name otherwise), through the same pending → Ack path as
+   * text. */
+  sendFile(file) {
+    const c = this.store.conv(this.openId);
+    if (!c) return;
+    if (file.size > MAX_MEDIA_BYTES) {
+      this.flash = `${file.name} is over ${fmtSize(MAX_MEDIA_BYTES)}, the largest upload the server takes.`;
+      this.render();
+      return;
+    }
+    const image = /^image\//.test(file.type);
+    const p = c.addPending(randomId(), image ? '' : file.name.slice(0, 1000));
+    p.file = file;
+    p.fileName = file.name;
+    p.fileSize = file.size;
+    p.uploading = true;
+    if (image) p.preview = URL.createObjectURL(file);
+    this.flash = '';
+    this.scrollIntent = 'bottom';
+    this.renderNow();
+    this.uploadPending(c, p);
+  }
+
+  async uploadPending(c, p) {
+    p.uploading = true;
+    p.error = null;
+    this.render();
+    try {
+      const r = await this.upload(p.file);
+      p.mediaUrl = r.url;
+      const id = mediaIdOf(r.url) || r.media_id;
+      if (!this.media.has(id)) {
+        this.media.set(id, { url: r.url, ctype: String(r.content_type || '').toLowerCase(), size: Number(r.size), state: 'ok', minted: false });
+      }
+      p.uploading = false;
+      p.file = null;
+      this.sendPending(c, p);
+    } catch (e) {
+      p.uploading = false;
+      p.error = { code: 0, message: `upload failed: ${e.message}` };
+    }
+    this.render();
+  }
+
   retry(c, cmid) {
     const p = c.pending.get(cmid);
     if (!p) return;
+    if (p.file && !p.mediaUrl) {
+      this.uploadPending(c, p);
+      return;
+    }
     p.error = null;
     this.sendPending(c, p);
     this.render();
@@ -604,7 +756,7 @@ function renderConvList(s) {
     const last = c.newest();
     const preview = typing.length
       ? `${typing.map((u) => `User ${u}`).join(', ')} typing…`
-      : last ? `${last.senderId === s.store.me ? 'You: ' : c.kind === 'group' ? `User ${last.senderId}: ` : ''}${last.body || (last.mediaUrl ? 'Attachment' : '')}` : '';
+      : last ? `${last.senderId === s.store.me ? 'You: ' : c.kind === 'group' ? `User ${last.senderId}: ` : ''}${last.body || (last.mediaUrl ? (mediaIsImage(s, last.mediaUrl) ? 'Image' : 'Attachment') : '')}` : '';
     const unread = c.convId === s.openId && document.visibilityState === 'visible' ? 0 : c.unread;
     const sig = JSON.stringify([convTitle(s, c), pres?.state, preview, !!typing.length, unread, c.kind]);
     if (li._sig !== sig) {
@@ -646,14 +798,66 @@ const TICK_TEXT = {
   [TICK.READ]: ['✓✓', 'Read by everyone'],
 };
 
+/** Whether a media_url is known to be an image (from its HEAD). */
+function mediaIsImage(s, url) {
+  const info = s.media.get(mediaIdOf(url));
+  return !!info && info.state === 'ok' && info.ctype.startsWith('image/');
+}
+
+/** What messageItem needs to know of a message's attachment to decide
+ * whether its element must be rebuilt. */
+function mediaSig(s, m) {
+  if (m.uploading) return ['up', m.preview || '', m.fileName];
+  const id = mediaIdOf(m.mediaUrl);
+  if (!id) return m.mediaUrl ? ['link', m.mediaUrl] : null;
+  const info = s.mediaInfo(id, m.mediaUrl);
+  return [info.state, info.url, info.ctype, info.size];
+}
+
 /** The content of a message: its text, and its attachment when it has one.
- * (Media upload and inline images come with the media API; until then a
- * media_url is shown as a link.) */
-function messageContent(m) {
+ * An image of ours (a /media/<id> URL whose HEAD says image/*) is shown
+ * inline; any other file as a download link with its name and size; an
+ * upload in progress as "Uploading…" (with a local preview of an image). */
+function messageContent(s, m) {
   const out = [];
-  if (m.body) out.push(h('div', { class: 'body' }, m.body));
-  if (m.mediaUrl && /^(https?:\/\/|\/)/.test(m.mediaUrl)) {
-    out.push(h('a', { class: 'media', href: m.mediaUrl, target: '_blank', rel: 'noopener noreferrer' }, 'Attachment'));
+  const id = mediaIdOf(m.mediaUrl);
+  if (m.uploading || (m.error && m.file && !m.mediaUrl)) {
+    out.push(h('div', { class: 'media media-pending' },
+      m.preview ? h('img', { class: 'media-img', src: m.preview, alt: m.fileName }) : null,
+      h('div', { class: 'media-status' }, m.uploading ? `Uploading ${m.fileName} (${fmtSize(m.fileSize)})…` : m.fileName)));
+    return out;
+  }
+  const info = id ? s.mediaInfo(id, m.mediaUrl) : null;
+  const image = info && info.state === 'ok' && info.ctype.startsWith('image/');
+  // A file's name is its body (sendFile): shown in the link, not twice.
+  if (m.body && (image || !id)) out.push(h('div', { class: 'body' }, m.body));
+  if (!m.mediaUrl) return out;
+  if (!id) {
+    // Somebody else's URL: a plain link (http(s) or same-origin paths only).
+    if (/^(https?:\/\/|\/)/.test(m.mediaUrl)) {
+      out.push(h('a', { class: 'media media-file', href: m.mediaUrl, target: '_blank', rel: 'noopener noreferrer' }, 'Attachment'));
+    }
+    return out;
+  }
+  if (info.state === 'loading') {
+    out.push(h('div', { class: 'media media-loading', dataset: { mediaId: id } }, m.body || 'Attachment', ' …'));
+  } else if (info.state === 'error') {
+    out.push(h('div', { class: 'media media-gone', dataset: { mediaId: id } }, `${m.body || 'Attachment'} (not available)`));
+  } else if (image) {
+    const img = h('img', { class: 'media-img', src: info.url, alt: m.body || 'Image', dataset: { mediaId: id } });
+    img.addEventListener('error', () => s.imageFailed(id));
+    img.addEventListener('load', () => {
+      // The bubble grew: keep the view at the bottom if it was there.
+      const box = $('messages');
+      if (box.scrollHeight - box.scrollTop - box.clientHeight < img.clientHeight + 64) box.scrollTop = box.scrollHeight;
+    }, { once: true });
+    out.push(h('a', { class: 'media media-image', href: info.url, target: '_blank', rel: 'noopener noreferrer' }, img));
+  } else {
+    const name = m.body || 'Attachment';
+    out.push(h('a', { class: 'media media-file', href: info.url, download: name, target: '_blank', rel: 'noopener noreferrer', dataset: { mediaId: id } },
+      h('span', { class: 'file-icon', 'aria-hidden': 'true' }, (/\.([a-z0-9]{1,4})$/i.exec(name)?.[1] || 'file').toUpperCase()),
+      h('span', { class: 'file-name' }, name),
+      info.size >= 0 ? h('span', { class: 'file-size' }, fmtSize(info.size)) : null));
   }
   return out;
 }
@@ -661,7 +865,7 @@ function messageContent(m) {
 function messageItem(s, c, m, pending) {
   const own = m.senderId === s.store.me;
   const state = pending ? (m.error ? TICK.FAILED : TICK.PENDING) : own ? c.tick(m.msgId) : null;
-  const sig = JSON.stringify([m.msgId, m.body, m.mediaUrl, m.ts, state, m.error?.message, c.kind]);
+  const sig = JSON.stringify([m.msgId, m.body, m.mediaUrl, m.ts, state, m.error?.message, c.kind, mediaSig(s, m)]);
   return { key: own && m.clientMsgId ? `c${m.clientMsgId}` : `m${m.msgId}`, sig, own, state, m, pending };
 }
 
@@ -674,7 +878,7 @@ function buildMessage(s, c, it) {
   }
   const bubble = h('div', { class: 'bubble' },
     !own && c.kind === 'group' ? h('div', { class: 'sender' }, userName(s, m.senderId)) : null,
-    messageContent(m),
+    messageContent(s, m),
     meta);
   if (it.pending && m.error) {
     bubble.append(h('div', { class: 'failed' }, `Not sent: ${m.error.message} `,
@@ -888,6 +1092,30 @@ function wire() {
   input.addEventListener('input', () => {
     autosize();
     session?.typed(input.value);
+  });
+
+  // Attachments: the 📎 button opens the file picker; files can also be
+  // pasted into the message box or dropped on the conversation.
+  $('attach').addEventListener('click', () => $('attach-input').click());
+  $('attach-input').addEventListener('change', (ev) => {
+    for (const f of ev.target.files) session?.sendFile(f);
+    ev.target.value = ''; // picking the same file again fires 'change' again
+  });
+  input.addEventListener('paste', (ev) => {
+    const files = [...(ev.clipboardData?.files || [])];
+    if (!files.length || !session) return;
+    ev.preventDefault();
+    for (const f of files) session.sendFile(f);
+  });
+  const pane = $('pane-conv');
+  pane.addEventListener('dragover', (ev) => {
+    if (ev.dataTransfer?.types?.includes('Files')) ev.preventDefault();
+  });
+  pane.addEventListener('drop', (ev) => {
+    const files = [...(ev.dataTransfer?.files || [])];
+    if (!files.length || !session) return;
+    ev.preventDefault();
+    for (const f of files) session.sendFile(f);
   });
 
   $('messages').addEventListener('scroll', () => {

@@ -4,12 +4,14 @@
 // (user 1 "A" and user 2 "B", with tokens minted by `chatd token`). The tests
 // run in order and build on each other, as one session of two people would:
 // sign in, start a conversation, talk, type, read, drop off and come back,
-// survive a server restart, scroll back through history.
+// survive a server restart, scroll back through history, attach an image and
+// a file.
 //
 // Every wait is bounded (lib.mjs WAIT_MS); nothing sleeps to synchronise.
 // If chromium is missing the suite fails and says how to install it.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import zlib from 'node:zlib';
 import { Chatd, checkPrerequisites, launchBrowser, screenshot, until, WAIT_MS } from './lib.mjs';
 
 const A = 1;
@@ -97,6 +99,53 @@ async function recordStates(page) {
     }).observe(document.getElementById('message-list'), { subtree: true, childList: true, attributes: true, attributeFilter: ['data-state', 'data-msg-id'] });
   });
 }
+
+/** A small RGB PNG (w × h, a colour gradient), made here: signature, IHDR,
+ * one zlib IDAT, IEND, each chunk with its CRC-32. */
+function makePng(w, h) {
+  const crcTable = Array.from({ length: 256 }, (_, n) => {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    return c >>> 0;
+  });
+  const crc32 = (buf) => {
+    let c = 0xffffffff;
+    for (const b of buf) c = crcTable[(c ^ b) & 0xff] ^ (c >>> 8);
+    return (c ^ 0xffffffff) >>> 0;
+  };
+  const chunk = (type, data) => {
+    const len = Buffer.alloc(4);
+    len.writeUInt32BE(data.length);
+    const td = Buffer.concat([Buffer.from(type, 'ascii'), data]);
+    const crc = Buffer.alloc(4);
+    crc.writeUInt32BE(crc32(td));
+    return Buffer.concat([len, td, crc]);
+  };
+  const ihdr = Buffer.alloc(13);
+  ihdr.writeUInt32BE(w, 0);
+  ihdr.writeUInt32BE(h, 4);
+  ihdr[8] = 8; // bit depth
+  ihdr[9] = 2; // RGB
+  const raw = Buffer.alloc((w * 3 + 1) * h);
+  for (let y = 0; y < h; y++) {
+    const row = y * (w * 3 + 1); // filter byte 0, then the pixels
+    for (let x = 0; x < w; x++) {
+      raw[row + 1 + x * 3] = Math.round((255 * x) / (w - 1));
+      raw[row + 2 + x * 3] = Math.round((200 * y) / (h - 1));
+      raw[row + 3 + x * 3] = 230;
+    }
+  }
+  return Buffer.concat([
+    Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
+    chunk('IHDR', ihdr), chunk('IDAT', zlib.deflateSync(raw)), chunk('IEND', Buffer.alloc(0)),
+  ]);
+}
+
+/** The last message's inline image as the page has it: loaded or not. */
+const lastImage = (page) => page.evaluate(() => {
+  const img = [...document.querySelectorAll('#message-list .msg')].at(-1)?.querySelector('img.media-img');
+  return img ? { src: img.getAttribute('src'), complete: img.complete, w: img.naturalWidth, h: img.naturalHeight } : null;
+});
 
 function noDuplicates(list, who) {
   const ids = list.map((m) => m.msgId).filter(Boolean);
@@ -303,6 +352,63 @@ test('scrolling up loads older pages through REST until the beginning', async ()
   assert.deepEqual(list.map((m) => m.msgId), Array.from({ length: 130 }, (_, i) => i + 1), 'every message once, in order');
   assert.equal(list[0].body, 'old 1');
   assert.equal(await pageA.textContent('#conv-title'), 'History');
+});
+
+test('attachments: A attaches an image (pending while it uploads) and a file; B sees the image inline and the file as a link', async () => {
+  await openConv(pageA, direct);
+  await until(async () => (await shown(pageB)).at(-1)?.body === 'back', 'B to hold the direct conversation');
+  const png = makePng(160, 96);
+  await recordStates(pageA);
+  // Hold the upload back a little so that its pending state is on screen.
+  let release;
+  const held = new Promise((r) => { release = r; });
+  await pageA.route('**/api/v1/media', async (route) => { await held; await route.continue(); });
+  await pageA.setInputFiles('#attach-input', { name: 'gradient.png', mimeType: 'image/png', buffer: png });
+  await pageA.waitForSelector('#message-list .msg.own[data-state=pending] .media-pending');
+  assert.match(await pageA.textContent('#message-list .msg.own[data-state=pending] .media-status'), /^Uploading gradient\.png \(.+\)…$/);
+  release();
+  await until(async () => { const i = await lastImage(pageA); return i && i.complete && i.w === 160 && /^\/media\/[0-9a-f]{64}\?exp=\d+&sig=[0-9a-f]{64}$/.test(i.src) && i; },
+    'A\'s image to be acked and shown from its signed URL');
+  await pageA.unroute('**/api/v1/media');
+  // (Messages of the conversation rendered just after the recording began
+  // show up as well, never pending.)
+  const states = Object.values(await pageA.evaluate(() => window.__states)).filter((l) => l.includes('pending'));
+  assert.equal(states.length, 1);
+  assert.equal(states[0][0], 'pending', `the attachment was shown pending first: ${states[0]}`);
+  assert.match(states[0][1], /^(sent|delivered|read):12$/, `then replaced by the acked message: ${states[0]}`);
+
+  // B sees it inline, loaded (naturalWidth > 0), with no text.
+  const imgB = await until(async () => { const i = await lastImage(pageB); return i && i.complete && i.w > 0 && i; }, 'B to show the image, loaded');
+  assert.deepEqual([imgB.w, imgB.h], [160, 96]);
+  const bytes = await pageB.evaluate(async (src) => new Uint8Array(await (await fetch(src)).arrayBuffer()).length, imgB.src);
+  assert.equal(bytes, png.length, 'the signed URL serves the uploaded bytes');
+  assert.equal((await shown(pageB)).at(-1).body, '');
+
+  // Any other file is a download link with its name and size.
+  const text = Buffer.from('hello notes\n');
+  await pageA.setInputFiles('#attach-input', { name: 'notes.txt', mimeType: 'text/plain', buffer: text });
+  const link = await until(() => pageB.evaluate(() => {
+    const a = [...document.querySelectorAll('#message-list .msg')].at(-1)?.querySelector('a.media-file');
+    return a && { name: a.querySelector('.file-name')?.textContent, size: a.querySelector('.file-size')?.textContent, href: a.getAttribute('href'), download: a.getAttribute('download') };
+  }), 'B to show the file as a link');
+  assert.deepEqual([link.name, link.size, link.download], ['notes.txt', '12 B', 'notes.txt']);
+  const got = await pageB.evaluate(async (href) => (await fetch(href)).text(), link.href);
+  assert.equal(got, text.toString());
+
+  await screenshot(pageB, 'web-attachment');
+
+  // A stored URL that no longer works (here: expired and wrongly signed, as
+  // every URL is once its exp has passed): the client mints a fresh one
+  // with GET /api/v1/media/<id>/url and shows the image.
+  const id = /\/media\/([0-9a-f]{64})/.exec(imgB.src)[1];
+  const stale = `/media/${id}?exp=1&sig=${'0'.repeat(64)}`;
+  const r = await server.api(A, 'POST', `/conversations/${direct}/messages`, { body: '', media_url: stale, client_msg_id: 'stale-1' });
+  assert.equal(r.status, 201, JSON.stringify(r.json));
+  await until(async () => (await shown(pageB)).at(-1)?.msgId === r.json.msg_id, 'B to get the message with the stale URL');
+  const fresh = await until(async () => { const i = await lastImage(pageB); return i && i.complete && i.w > 0 && i; }, 'B to show the image from a freshly minted URL');
+  assert.notEqual(fresh.src, stale);
+  assert.match(fresh.src, new RegExp(`^/media/${id}\\?exp=\\d+&sig=[0-9a-f]{64}$`));
+  await until(async () => { const i = await lastImage(pageA); return i && i.complete && i.w > 0; }, 'A to show it too');
 });
 
 test('no script errors on either page', () => {
