@@ -56,6 +56,7 @@
  * connection cannot reconnect an OpenSSL bufferevent.
  */
 #include "push.h"
+#include "rest.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -433,23 +434,6 @@ static int dev_fields(const json_t *o, int kind_allowed, push_dev *d, char *err,
     return 0;
 }
 
-/* Every key of o is in allowed (NULL-terminated). */
-static int only_fields(const json_t *o, const char *const *allowed, char *err,
-                       size_t errlen)
-{
-    const char *key;
-    json_t *v;
-    json_object_foreach((json_t *)o, key, v) {
-        int ok = 0;
-        for (const char *const *a = allowed; *a && !ok; a++)
-            ok = !strcmp(key, *a);
-        if (!ok) {
-            snprintf(err, errlen, "unknown field \"%.64s\"", key);
-            return -EINVAL;
-        }
-    }
-    return 0;
-}
 
 int push_check_device(const json_t *o, int kind_allowed, push_dev *d, char *err,
                       size_t errlen)
@@ -460,7 +444,7 @@ int push_check_device(const json_t *o, int kind_allowed, push_dev *d, char *err,
         snprintf(err, errlen, "the request body must be a JSON object");
         return -EINVAL;
     }
-    if (only_fields(o, kind_allowed ? post : del, err, errlen))
+    if (rest__check_fields(o, kind_allowed ? post : del, err, errlen))
         return -EINVAL;
     return dev_fields(o, kind_allowed, d, err, errlen);
 }
@@ -519,7 +503,7 @@ int push_registry_parse(const char *text, size_t len, push_dev **out, size_t *n,
     int rc = -EINVAL;
     push_dev *devs = NULL, *sorted = NULL;
     json_t *ver = json_object_get(j, "version"), *arr = json_object_get(j, "devices");
-    if (!json_is_object(j) || only_fields(j, top, err, errlen)) {
+    if (!json_is_object(j) || rest__check_fields(j, top, err, errlen)) {
         if (!json_is_object(j))
             snprintf(err, errlen, "not a JSON object");
         goto out;
@@ -546,7 +530,7 @@ int push_registry_parse(const char *text, size_t len, push_dev **out, size_t *n,
             snprintf(err, errlen, "devices[%zu] is not an object", i);
             goto out;
         }
-        if (only_fields(o, fields, why, sizeof why) ||
+        if (rest__check_fields(o, fields, why, sizeof why) ||
             dev_fields(o, 1, &devs[i], why, sizeof why)) {
             snprintf(err, errlen, "devices[%zu]: %s", i, why);
             goto out;

@@ -52,6 +52,7 @@
 #include "media.h"
 #include "metrics.h"
 #include "push.h"
+#include "rest.h"
 #include "state.h"
 
 #define REST_ID_MAX ((1ull << 53) - 1)
@@ -60,22 +61,6 @@
 #define REST_PAGE_MAX 200
 #define REST_PREFIX "/api/v1/conversations"
 
-/* Functions internal to this module but visible to its unit tests
- * (tests/server/test_rest_json.c). */
-enum rest_route {
-    RT_CONVS = 1,    /* /api/v1/conversations */
-    RT_CONV = 2,     /* /api/v1/conversations/:id */
-    RT_MESSAGES = 3, /* .../:id/messages */
-    RT_READ = 4,     /* .../:id/read */
-    RT_MEMBERS = 5,  /* .../:id/members */
-};
-int rest__parse_id(const char *s, size_t n, uint64_t min, uint64_t *out);
-int rest__route(const char *path, uint64_t *conv_id);
-int rest__is_json_ctype(const char *v);
-int rest__ids(const json_t *a, const char *field, uint64_t **out, size_t *n,
-              char *err, size_t errlen);
-int rest__check_fields(const json_t *o, const char *const *allowed, char *err,
-                       size_t errlen);
 
 /* ---- one request at a time per connection ---- */
 

@@ -5,17 +5,8 @@
 #include <jansson.h>
 #include <stdlib.h>
 
+#include "rest.h"
 #include "test.h"
-
-/* rest.c's internal helpers (not in a header: only this test uses them). */
-enum { RT_CONVS = 1, RT_CONV = 2, RT_MESSAGES = 3, RT_READ = 4, RT_MEMBERS = 5 };
-int rest__parse_id(const char *s, size_t n, uint64_t min, uint64_t *out);
-int rest__route(const char *path, uint64_t *conv_id);
-int rest__is_json_ctype(const char *v);
-int rest__ids(const json_t *a, const char *field, uint64_t **out, size_t *n,
-              char *err, size_t errlen);
-int rest__check_fields(const json_t *o, const char *const *allowed, char *err,
-                       size_t errlen);
 
 static int parse(const char *s, uint64_t min, uint64_t *out)
 {
