@@ -89,7 +89,7 @@ $(SERVER_LIB): $(SERVER_OBJ)
 	ar rcs $@ $^
 
 $(CHATLOG): $(CLI_OBJ) $(LIB)
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcrypto
 
 $(CHATD): $(BUILD)/server/main.o $(SERVER_LIB) $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(SERVER_LDLIBS) $(LDLIBS)

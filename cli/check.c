@@ -8,13 +8,16 @@
  * command; damage that is still there does.
  *
  * verify is a thin wrapper around rcv_verify() (recovery/verify.h), which
- * checks a data directory without changing it and prints its findings.
+ * checks a data directory without changing it and prints its findings, and
+ * then checks chatd's media objects under DIR/media/ against their names
+ * (cli_verify_blobs, blobs.c).
  */
 #include "cli.h"
 
 #include <inttypes.h>
 #include <string.h>
 
+#include "blobs.h"
 #include "errors.h"
 #include "verify.h"
 
@@ -125,8 +128,11 @@ static const char verify_usage[] =
     "usage: chatlog verify DIR\n"
     "\n"
     "Check a data directory without changing it: the manifest, every\n"
-    "segment (raw and compressed) batch by batch, and the sidecar indexes.\n"
-    "Print each problem found with its shard, segment and position.\n"
+    "segment (raw and compressed) batch by batch, and the sidecar indexes;\n"
+    "then every media object chatd stored under DIR/media/ (its SHA-256\n"
+    "must equal its name, its .meta size its length; tmp- leftovers are\n"
+    "noted). Print each problem found with its shard, segment and position\n"
+    "or its media path.\n"
     "\n"
     "Exit status: 0 clean, 1 problems found, 2 bad usage, 3 error.\n";
 
@@ -151,7 +157,13 @@ int cmd_verify(int argc, char **argv)
         cli_err("verify", "%s: %s", pos[0], cl_strerror(rc));
         return CLI_FAIL;
     }
-    if (rc > 0) {
+    int brc = cli_verify_blobs(pos[0], stdout);
+    fflush(stdout);
+    if (brc < 0) {
+        cli_err("verify", "%s/media: %s", pos[0], strerror(-brc));
+        return CLI_FAIL;
+    }
+    if (rc > 0 || brc > 0) {
         cli_err("verify", "%s: problems found", pos[0]);
         return CLI_PROBLEM;
     }

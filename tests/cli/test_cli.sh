@@ -4,7 +4,7 @@
 #   bash tests/cli/test_cli.sh build/chatlog
 #
 # Writes a small workload with `chatlog gen` into a temporary directory, then
-# checks ls, stats, dump, verify and recover against it and against damaged
+# checks ls, stats, dump, verify (media blobs too) and recover against it and against damaged
 # copies of it (a flipped byte in a sealed segment, a torn tail in an active
 # one), plus --help and bad-argument handling. Prints one line per check and
 # ends with "N passed, N failed"; exits non-zero if any check failed. The
@@ -380,6 +380,39 @@ else
 fi
 if [ "$(wc -l <"$ERR")" -eq 1 ]; then ok "verify problems: one line on stderr"; else
     not_ok "verify problems: one line on stderr" "$(cat "$ERR")"
+fi
+
+# Media blobs (DIR/media/<p>/<sha256>, docs/media.md): verify checks each
+# object against its name. One correct object with its .meta, a tmp- leftover
+# (a note), then one object whose bytes changed after it was named.
+BL="$TMP/blobs"
+cp -a "$D" "$BL" 2>/dev/null || mkdir -p "$BL"
+blob() { # blob CONTENT: store CONTENT under its name, print the name
+    local id
+    id=$(printf '%s' "$1" | sha256sum | cut -c1-64)
+    mkdir -p "$BL/media/${id:0:2}"
+    printf '%s' "$1" >"$BL/media/${id:0:2}/$id"
+    echo "$id"
+}
+GOOD=$(blob "a picture of a cat")
+printf 'content_type: image/png\nsize: 18\nuploader: 42\n' >"$BL/media/${GOOD:0:2}/$GOOD.meta"
+: >"$BL/media/${GOOD:0:2}/tmp-123-abc"
+run "$BIN" verify "$BL"
+if [ "$RC" -eq 0 ] && grep -q '^verify: media: 1 objects (18 bytes), 1 metadata files, 1 leftovers, 0 problems$' "$OUT" &&
+    grep -q "^verify: note: media ${GOOD:0:2}/tmp-123-abc: leftover" "$OUT"; then
+    ok "verify checks a correct media object and notes a tmp- leftover (exit 0)"
+else
+    not_ok "verify checks a correct media object and notes a tmp- leftover (exit 0)" "exit $RC: $(head -c 400 "$OUT")"
+fi
+BAD=$(blob "a picture of a dog")
+printf 'X' | dd of="$BL/media/${BAD:0:2}/$BAD" bs=1 seek=3 conv=notrunc status=none
+run "$BIN" verify "$BL"
+if [ "$RC" -eq 1 ] && grep -q "^verify: media ${BAD:0:2}/$BAD: content does not match its name" "$OUT" &&
+    ! grep -q "media ${GOOD:0:2}/$GOOD:" "$OUT" && grep -q ', 1 problems$' "$OUT" &&
+    [ "$(wc -l <"$ERR")" -eq 1 ]; then
+    ok "verify exits 1 on a corrupted media object and names it (not the good one)"
+else
+    not_ok "verify exits 1 on a corrupted media object and names it" "exit $RC: $(head -c 500 "$OUT") / $(cat "$ERR")"
 fi
 
 # Recovery trusts the valid sidecar and does not read the blocks, so the
