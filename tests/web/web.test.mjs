@@ -409,6 +409,18 @@ test('attachments: A attaches an image (pending while it uploads) and a file; B 
   assert.notEqual(fresh.src, stale);
   assert.match(fresh.src, new RegExp(`^/media/${id}\\?exp=\\d+&sig=[0-9a-f]{64}$`));
   await until(async () => { const i = await lastImage(pageA); return i && i.complete && i.w > 0; }, 'A to show it too');
+
+  // An upload the server refuses: "Not sent" with Retry, which uploads again.
+  await pageA.route('**/api/v1/media', (route) => route.fulfill({
+    status: 500, contentType: 'application/json', body: JSON.stringify({ error: { code: 13, message: 'disk full' } }),
+  }));
+  await pageA.setInputFiles('#attach-input', { name: 'again.png', mimeType: 'image/png', buffer: png });
+  await pageA.waitForSelector('#message-list .msg.own[data-state=failed]');
+  assert.match(await pageA.textContent('#message-list .msg.own[data-state=failed] .failed'), /^Not sent: upload failed: disk full/);
+  await pageA.unroute('**/api/v1/media');
+  await pageA.click('#message-list .msg.own[data-state=failed] .failed button');
+  await until(async () => (await shown(pageB)).at(-1)?.msgId === r.json.msg_id + 1, 'B to get the retried attachment');
+  await until(async () => { const i = await lastImage(pageB); return i && i.complete && i.w === 160; }, 'B to show the retried image');
 });
 
 test('no script errors on either page', () => {
