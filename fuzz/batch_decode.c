@@ -44,8 +44,10 @@ static void check_accepted(const uint8_t *b, size_t avail,
 
     batch_header peek;
     FUZZ_CHECK(batch_peek_header(b, &peek) == 0 && peek.length == h->length &&
-                   peek.record_count == h->record_count,
+                   peek.record_count == h->record_count && peek.flags == h->flags,
                "peek disagrees with verify");
+    FUZZ_CHECK((h->flags & ~BATCH_FLAGS_KNOWN) == 0, "unknown flags 0x%x accepted",
+               h->flags);
 
     rec_view *recs = malloc(h->record_count * sizeof *recs);
     FUZZ_CHECK(recs != NULL, "oom");
@@ -72,8 +74,9 @@ static void check_accepted(const uint8_t *b, size_t avail,
     /* Round trip. */
     uint8_t *out = malloc(h->length);
     FUZZ_CHECK(out != NULL, "oom");
-    batch_header e = {.shard_id = h->shard_id, .first_offset = h->first_offset,
-                      .term = h->term, .ts_ms = h->ts_ms};
+    batch_header e = {.flags = h->flags, .shard_id = h->shard_id,
+                      .first_offset = h->first_offset, .term = h->term,
+                      .ts_ms = h->ts_ms};
     size_t len = batch_encode(out, &e, recs, n);
     FUZZ_CHECK(len == h->length && e.length == h->length && e.record_count == n,
                "re-encoded length %zu, decoded %u", len, h->length);

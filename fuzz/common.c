@@ -216,6 +216,14 @@ int fuzz_copy_tree(const char *from, const char *to)
     return rc;
 }
 
+int fuzz_no_workarounds(void)
+{
+    static int v = -1;
+    if (v < 0)
+        v = getenv("FUZZ_NO_WORKAROUNDS") != NULL;
+    return v;
+}
+
 void fuzz_quiet_log(void *arg, int level, const char *msg)
 {
     (void)arg;

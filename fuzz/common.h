@@ -51,6 +51,11 @@ int fuzz_read_file(const char *path, uint8_t **out, size_t *len);
 /* Create or replace path with p[0..len). Returns 0 or -errno. */
 int fuzz_write_file(const char *path, const void *p, size_t len);
 
+/* True when FUZZ_NO_WORKAROUNDS is set: the targets then stop stepping
+ * around open engine findings (docs/fuzzing.md), so that their reproducers
+ * in fuzz/crashes/ fail again. */
+int fuzz_no_workarounds(void);
+
 /* A log_options.log_fn that drops every message. */
 void fuzz_quiet_log(void *arg, int level, const char *msg);
 

@@ -41,8 +41,9 @@
  *                     shard (boundaries read with log_read_from): 0 (model
  *                     truncated) or CL_EINVAL (the boundary lies in sealed
  *                     history, refused; nothing changed). One record past a
- *                     boundary inside a batch must give CL_EINVAL. (Waits
- *                     for the sealer first: see wait_sealer_idle.)
+ *                     boundary inside a batch must give CL_EINVAL.
+ *                     (Also refused while a segment from the cut on is
+ *                     being sealed.)
  * Before each read, truncation, reopen and at the end, every queued append
  * is waited for. At the end the log is closed and rcv_verify must pass.
  */
@@ -54,7 +55,6 @@
 
 #include "common.h"
 #include "errors.h"
-#include "internal.h"
 #include "log.h"
 #include "verify.h"
 
@@ -510,30 +510,6 @@ static void op_crash(state *st, input *in)
     check_counters(st);
 }
 
-/* WORKAROUND for a known engine bug (docs/fuzzing.md, findings):
- * log_truncate_from frees the segments after the cut even when the sealer
- * still holds a job for one of them (heap-use-after-free in sealer_main).
- * Until that is fixed, truncations wait for the sealer to be idle, so the
- * target keeps fuzzing everything else; FUZZ_NO_WORKAROUNDS=1 turns the wait
- * off to reproduce the bug. */
-static void wait_sealer_idle(log_t *log)
-{
-    static int off = -1;
-    if (off < 0)
-        off = getenv("FUZZ_NO_WORKAROUNDS") != NULL;
-    if (off)
-        return;
-    for (int i = 0; i < 20000; i++) {
-        pthread_mutex_lock(&log->smu);
-        int idle = log->sq_head == NULL && !log->sealer_busy;
-        pthread_mutex_unlock(&log->smu);
-        if (idle)
-            return;
-        usleep(100);
-    }
-    FUZZ_CHECK(0, "the sealer did not go idle in 2 s");
-}
-
 static void op_truncate(state *st, input *in)
 {
     uint32_t s = next(in) % st->shards;
@@ -551,7 +527,6 @@ static void op_truncate(state *st, input *in)
         FUZZ_CHECK(log_truncate_from(st->log, s, 0) == 0, "truncate an empty shard");
         return;
     }
-    wait_sealer_idle(st->log);
     size_t i = ib % (c.nb + 1);
     uint64_t at = i < c.nb ? c.bounds[i] : st->shard[s].n;
     uint64_t batch_end = i + 1 < c.nb ? c.bounds[i + 1] : st->shard[s].n;

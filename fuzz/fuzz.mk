@@ -14,6 +14,7 @@
 #                                  every target ($(BUILD)/fuzz/replay-<target>,
 #                                  built by `make all`, run by `make test`)
 #   fuzz/run-all.sh -s SECONDS     every target in turn, niced, logs kept
+#   make fuzz-coverage             engine line coverage reached by the corpora
 
 FUZZ_TARGETS := batch_decode recovery sidecar zlog manifest differential
 FUZZ_HELPERS := fuzz/common.c
@@ -92,5 +93,37 @@ fuzz-merge: $(FUZZ_BUILD)/fuzz-$(T)
 
 fuzz-clean:
 	rm -rf $(FUZZ_BUILD)
+
+# ---- line coverage of the engine reached by the corpora ----
+# make fuzz-coverage [FUZZ_COV_WORK=1]: the replay binaries built with clang
+# source-based coverage replay fuzz/corpus/<target>/ (and, with
+# FUZZ_COV_WORK=1, the working corpora in build-fuzz/corpus/<target>/ too);
+# prints llvm-cov's per-file report for engine/ and recovery/.
+FUZZ_COV := $(FUZZ_BUILD)/cov
+LLVM_PROFDATA ?= llvm-profdata-14
+LLVM_COV ?= llvm-cov-14
+FUZZ_COV_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -fprofile-instr-generate \
+                   -fcoverage-mapping -Iengine -Irecovery -Iserver -MMD -MP
+FUZZ_COV_LIB_OBJ := $(patsubst %.c,$(FUZZ_COV)/%.o,$(LIB_SRC) $(FUZZ_HELPERS) fuzz/replay_main.c)
+FUZZ_COV_BINS := $(patsubst %,$(FUZZ_COV)/replay-%,$(FUZZ_TARGETS))
+.SECONDARY: $(FUZZ_COV_LIB_OBJ) $(patsubst %,$(FUZZ_COV)/fuzz/%.o,$(FUZZ_TARGETS))
+
+$(FUZZ_COV)/%.o: %.c | $(DEPS_STAMP)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_COV_CFLAGS) -c -o $@ $<
+
+$(FUZZ_COV)/replay-%: $(FUZZ_COV)/fuzz/%.o $(FUZZ_COV_LIB_OBJ)
+	$(FUZZ_CC) -fprofile-instr-generate -o $@ $^ $(LDLIBS)
+
+.PHONY: fuzz-coverage
+fuzz-coverage: $(FUZZ_COV_BINS)
+	@rm -rf $(FUZZ_COV)/prof && mkdir -p $(FUZZ_COV)/prof
+	@for t in $(FUZZ_TARGETS); do \
+	  LLVM_PROFILE_FILE=$(FUZZ_COV)/prof/$$t-%p.profraw $(FUZZ_COV)/replay-$$t \
+	    fuzz/corpus/$$t $(if $(FUZZ_COV_WORK),$(FUZZ_BUILD)/corpus/$$t) | tail -n 1; done
+	$(LLVM_PROFDATA) merge -o $(FUZZ_COV)/all.profdata $(FUZZ_COV)/prof/*.profraw
+	$(LLVM_COV) report $(firstword $(FUZZ_COV_BINS)) \
+	  $(patsubst %,-object %,$(wordlist 2,99,$(FUZZ_COV_BINS))) \
+	  -instr-profile=$(FUZZ_COV)/all.profdata $(LIB_SRC)
 
 -include $(shell find $(FUZZ_BUILD) -name '*.d' 2>/dev/null)

@@ -84,6 +84,14 @@ def crash(target, name, data):
         f.write(data)
 
 
+def regress(target, name, data):
+    """A fixed finding's reproducer: replayed by make test from now on."""
+    d = os.path.join(CORPUS, target)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "regress-" + name), "wb") as f:
+        f.write(data)
+
+
 def flip(b, at):
     b = bytearray(b)
     b[at % len(b)] ^= 0x10
@@ -193,6 +201,15 @@ def main():
         "stray-log-beside-zlog": rec(4, 6, 0, 0, b"\x00\x00" + b"\0" * 100),
         "stray-log-after-active": rec(18, 6, 0, 0, b"\x00\x7f" + b"\0" * 30),
         "stray-idx-for-active": rec(9, 6, 1, 0, b"\x02\x00" + b"CLI1"),
+        # Two changes (bit 4 of byte 1; byte 6 is the first one's data length).
+        "two-sidecar-deleted-zlog-flipped": rec(3, 4 | 0x10, 0, 0, b"\x00") +
+        rec(4, 3, 0, 700, b"\x01\x03"),
+        "two-sidecar-deleted-raw-sealed-flipped": rec(12, 4 | 0x10, 1, 0, b"\x00") +
+        rec(13, 3, 0, 3000, b"\x01\x03"),
+        "two-sidecar-deleted-raw-sealed-zeroed": rec(1, 4 | 0x10, 1, 0, b"\x00") +
+        rec(2, 7, 0, 4000, b"\xff"),
+        "two-active-flips": rec(18, 3 | 0x10, 0, 100, b"\x02\x00\x01") +
+        rec(18, 3, 0, 5000, b"\x00\x04"),
     }
     for name, data in seeds.items():
         write("recovery", name, data)
@@ -228,9 +245,9 @@ def main():
     }
     for name, data in seeds.items():
         write("differential", name, data)
-    # Reproduces a known engine bug (heap-use-after-free, see
-    # docs/fuzzing.md): kept out of the replayed corpus until it is fixed.
-    crash("differential", "uaf-truncate-from-while-sealing",
+    # Reproduced a heap-use-after-free in log_truncate_from (docs/fuzzing.md,
+    # finding 1; fixed in 12b2d2c): now a regression input.
+    regress("differential", "truncate-from-while-sealing",
           b"\x04" + b"".join(BIG(c, 150) for c in range(6)) * 4 +
           TR(0, 1) + RF(0, 0, 0) + msgs)
 

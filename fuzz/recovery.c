@@ -21,6 +21,10 @@
  * INPUT. byte 0: which file of the directory (MANIFEST, every segment,
  * sidecar); byte 1: the operation (bits 0-2) and the variant (bit 3);
  * bytes 2-5: a position (modulo the file size + 1); the rest: data.
+ * With bit 4 of byte 1, two changes: byte 6 is the length L of the first
+ * change's data (bytes 7 .. 7+L), and what follows is a second change in the
+ * same format (file, operation, position, data) applied after it — so that
+ * e.g. a deleted sidecar and a damaged block meet.
  *   0 overwrite at the position with the data (may extend the file)
  *   1 insert the data at the position
  *   2 truncate at the position
@@ -611,8 +615,6 @@ static size_t first_change(const change *ch)
  * changed. */
 static int assess(const variant *v, const change *ch, uint8_t *ok[NSHARDS])
 {
-    for (uint32_t s = 0; s < NSHARDS; s++)
-        memset(ok[s], 1, shard_end[s]);
     size_t d = first_change(ch);
     if (d == SIZE_MAX)
         return 0;
@@ -644,7 +646,7 @@ static int assess(const variant *v, const change *ch, uint8_t *ok[NSHARDS])
          * from offset B on can no longer be reached by offset. Accepted as
          * the damage point here; FUZZ_NO_WORKAROUNDS=1 demands them too
          * (see docs/fuzzing.md, findings). */
-        if (getenv("FUZZ_NO_WORKAROUNDS"))
+        if (fuzz_no_workarounds())
             return 0;
         for (uint32_t i = 0; i < v->nsegs[s]; i++) {
             const pseg *q = &v->segs[s][i];
@@ -900,14 +902,46 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     const variant *v = &variants[(data[1] >> 3) & 1];
     fuzz_rm_rf(work);
     FUZZ_CHECK(fuzz_copy_tree(v->dir, work) == 0, "copy");
-    change ch;
+    change ch, ch2;
     memset(&ch, 0, sizeof ch);
-    apply(v, data, size, &ch);
+    memset(&ch2, 0, sizeof ch2);
+    int two = 0;
+    if ((data[1] & 0x10) && size >= 7 && (size_t)7 + data[6] + 6 <= size) {
+        /* Two changes: the first one's data is data[7 .. 7 + data[6]), the
+         * rest of the input is the second change (its variant bit and its
+         * own bit 4 are ignored). */
+        size_t l1 = data[6];
+        uint8_t *first = malloc(6 + l1);
+        FUZZ_CHECK(first != NULL, "oom");
+        memcpy(first, data, 6);
+        memcpy(first + 6, data + 7, l1);
+        apply(v, first, 6 + l1, &ch);
+        free(first);
+        apply(v, data + 7 + l1, size - 7 - l1, &ch2);
+        two = 1;
+    } else {
+        apply(v, data, size, &ch);
+    }
     uint8_t *ok[NSHARDS];
-    for (uint32_t s = 0; s < NSHARDS; s++)
+    for (uint32_t s = 0; s < NSHARDS; s++) {
         ok[s] = malloc(shard_end[s] + 1);
+        memset(ok[s], 1, shard_end[s]);
+    }
     memset(added, 0, sizeof added);
-    int manifest_changed = assess(v, &ch, ok);
+    int manifest_changed;
+    if (two && !strcmp(ch.rel, ch2.rel)) {
+        /* The same file twice: one change from the pristine bytes to the
+         * final ones. */
+        change both = ch2;
+        both.old = ch.old;
+        both.old_len = ch.old_len;
+        both.old_exists = ch.old_exists;
+        manifest_changed = assess(v, &both, ok);
+    } else {
+        manifest_changed = assess(v, &ch, ok);
+        if (two)
+            manifest_changed |= assess(v, &ch2, ok);
+    }
 
     log_options o = {.shards = NSHARDS, .segment_bytes = SEG_BYTES,
                      .max_batch_bytes = MAX_BATCH, .no_compress = v == &variants[1],
@@ -940,6 +974,8 @@ out:
         free(ok[s]);
     free(ch.old);
     free(ch.neu);
+    free(ch2.old);
+    free(ch2.neu);
     fuzz_rm_rf(work);
     return 0;
 }

@@ -25,6 +25,6 @@ for t in "${targets[@]}"; do
   echo "=== $t: ${secs}s"
   nice -n 19 make --no-print-directory fuzz-run T="$t" S="$secs" \
     FUZZ_ARGS="${FUZZ_ARGS:-}" >"build-fuzz/logs/$t.log" 2>&1 || status=1
-  grep -E '^#[0-9]+ +DONE|stat::|Test unit written|SUMMARY' "build-fuzz/logs/$t.log"
+  grep -E '^#[0-9]+[[:space:]]+DONE|stat::|Test unit written|SUMMARY' "build-fuzz/logs/$t.log"
 done
 exit $status
