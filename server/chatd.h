@@ -54,6 +54,9 @@ enum gw_error {
     GW_EUNAUTHORIZED = 7,
     GW_EINTERNAL = 8,      /* storage failed; not acked */
     GW_ECONFLICT = 9,      /* same client_msg_id, different content */
+    GW_EUNAVAILABLE = 10,  /* cluster: no leader reachable, or the outcome
+                              of a write is unknown; retry (same
+                              client_msg_id) */
 };
 const char *gw_error_name(int code);
 
@@ -141,18 +144,25 @@ typedef struct conn {
     int64_t close_deadline_ms;
     int dead;
     int http_requests; /* served on this connection */
+    /* A streaming request body (POST /api/v1/media) being passed to its
+     * sink as it arrives (conn.c, struct conn_body); NULL otherwise. */
+    struct conn_body *body;
+    /* Reading stopped: a streaming request's head waits in `in` until the
+     * REST requests before it are answered (conn_http_resume). */
+    int paused, resumed, ev_paused;
     int in_flushq;
     struct conn *next_flush; /* srv->flushq */
     struct conn *next_all, *prev_all; /* srv->conns, or srv->dead */
 } conn;
 
 /* ---- inbox: engine threads → loop ---- */
-enum inbox_kind { IB_COMMIT = 1, IB_APPENDED = 2 };
+enum inbox_kind { IB_COMMIT = 1, IB_APPENDED = 2, IB_CALL = 3 };
 
 typedef struct inbox_item {
     struct inbox_item *next;
     int kind;
-    /* IB_APPENDED: result of an append made by a session or REST request */
+    /* IB_APPENDED: result of an append made by a session or REST request;
+     * IB_CALL: any other engine completion (srv_post_call) */
     int status;
     log_append_result res;
     void (*done)(struct srv *s, void *ctx, int status,
@@ -193,6 +203,7 @@ typedef struct srv {
     struct met *met;
     struct push *push; /* push notifications (push.c) */
     uint64_t inflight; /* appends not yet answered */
+    struct cluster *cluster; /* NULL: a single node (cluster.c) */
 } srv;
 
 /* srv.c */
@@ -206,6 +217,13 @@ int srv_append(srv *s, const rec_view *rec,
                             const log_append_result *res),
                void *ctx);
 int srv_run(srv *s);
+/* From any thread: run done(s, ctx, status, res) on the loop thread, in
+ * posting order with commits and append results. res (may be NULL) is
+ * copied. Not counted in inflight. */
+void srv_post_result(srv *s, void (*done)(srv *, void *, int, const log_append_result *),
+                     void *ctx, int status, const log_append_result *res);
+void srv_post_call(srv *s, void (*done)(srv *, void *, int, const log_append_result *),
+                   void *ctx, int status);
 
 /* conn.c */
 void conn_send_blob(conn *c, blob *b); /* takes a reference */
@@ -230,6 +248,12 @@ int gw_on_message(conn *c, const uint8_t *data, size_t len);
 void gw_on_close(conn *c);
 void gw_on_commit(srv *s, const log_entry *e);
 void gw_tick(srv *s, int64_t now);
+/* The GW_E* code for an engine or cluster error of a write. */
+int gw_engine_error(int status);
+/* Cluster: a user's sessions on another node changed; a typing indicator
+ * from another node (shown to this node's sessions only). */
+void gw_remote_presence(srv *s, uint64_t uid, int64_t last_seen_ms);
+void gw_remote_typing(srv *s, uint64_t conv_id, uint64_t uid, int active);
 
 /* Shared by WebSocket Send and REST POST .../messages: validate, dedupe,
  * append. Returns 0 when the message was queued — done(ctx) then runs with
@@ -247,6 +271,29 @@ int gw_submit_message(srv *s, uint64_t sender, uint64_t conv_id, const char *bod
  * not move forward is accepted and ignored. 0 or a GW_E* code and *why. */
 int gw_submit_pointer(srv *s, uint64_t uid, uint64_t conv_id, int read,
                       uint64_t up_to, uint64_t conn_id, const char **why);
+
+/* Streaming request bodies: a route whose body must not be buffered (a
+ * media upload) gets its bytes handed to a sink as they arrive, at most
+ * 64 KiB at a time, after conn.c has removed the framing (Content-Length or
+ * chunked). Exactly one of end or abort is called, once, for each accepted
+ * body; after it ctx is not used again. */
+typedef struct body_sink {
+    /* The next bytes of the body, in order. 0, or -errno: the body is
+     * failed, and end(c, ctx, err, 0) follows at once. */
+    int (*write)(void *ctx, const uint8_t *p, size_t n);
+    /* The whole body arrived (err 0) or a write failed (err < 0): answer
+     * the request on c (err < 0 or keep_alive 0: with Connection: close)
+     * and free ctx. */
+    void (*end)(conn *c, void *ctx, int err, int keep_alive);
+    /* The request ends without an answer from the sink (the client went
+     * away, stopped sending, sent bad framing or too much): discard what
+     * was written and free ctx. */
+    void (*abort)(srv *s, void *ctx);
+} body_sink;
+
+/* A request whose head made its REST requests wait (rest.c): the
+ * connection paused on a streaming request's head can go on. */
+void conn_http_resume(srv *s, uint64_t conn_id);
 
 /* rest.c (JSON API); returns 0 or -1 to close the connection */
 int rest_handle(conn *c, const http_req *r, const uint8_t *body, size_t blen);

@@ -70,6 +70,14 @@ static const setting settings[] = {
     U(push_devices_max, 1, 100000000, "push: registered devices in all"),
     U(max_media_bytes, 1, 48 << 20, "largest media upload (POST /api/v1/media)"),
     U(media_url_ttl_s, 1, 365 * 86400, "lifetime of a signed media download URL"),
+    U(media_idle_timeout_ms, 100, 3600000, "drop a media upload that sends nothing for"),
+    U(node_id, 1, 1000000, "cluster: this node's id (one of peers)"),
+    S(peers, "cluster: every member as ID=HOST:PORT,... (empty: a single node)"),
+    S(cluster_listen, "cluster: address for the other nodes (empty: own entry in peers)"),
+    S(cluster_secret_file, "cluster: file holding the secret shared by all nodes"),
+    S(cluster_tls_ca, "cluster: CA (PEM) of the nodes' certificates; set: links use TLS"),
+    U(raft_heartbeat_ms, 10, 10000, "cluster: leader heartbeat interval"),
+    U(raft_election_ms, 50, 60000, "cluster: election timeout, uniform in [this, 2 x this)"),
 };
 
 #define NSETTINGS (sizeof settings / sizeof settings[0])
@@ -102,6 +110,7 @@ void config_defaults(chatd_config *c)
     c->push_coalesce_ms = 200;
     c->max_media_bytes = 16 << 20;
     c->media_url_ttl_s = 86400;
+    c->media_idle_timeout_ms = 30000;
     c->push_queue_max = 10000;
     c->push_timeout_ms = 10000;
     c->push_max_attempts = 8;
@@ -109,6 +118,8 @@ void config_defaults(chatd_config *c)
     c->push_backoff_max_ms = 60000;
     c->push_devices_per_user = 10;
     c->push_devices_max = 100000;
+    c->raft_heartbeat_ms = 100;
+    c->raft_election_ms = 600;
 }
 
 static const setting *find(const char *key)
@@ -259,6 +270,24 @@ int config_validate(const chatd_config *c, char *err, size_t errlen)
         snprintf(err, errlen,
                  "max_ws_message_bytes: must exceed max_body_bytes by 1024");
         return -1;
+    }
+    if (c->peers[0]) {
+        if (!c->node_id) {
+            snprintf(err, errlen, "node_id: required with peers");
+            return -1;
+        }
+        if (!c->cluster_secret_file[0]) {
+            snprintf(err, errlen, "cluster_secret_file: required with peers");
+            return -1;
+        }
+        if (c->raft_heartbeat_ms * 2 > c->raft_election_ms) {
+            snprintf(err, errlen, "raft_election_ms: must be at least twice raft_heartbeat_ms");
+            return -1;
+        }
+        if (c->cluster_tls_ca[0] && !c->tls_cert[0]) {
+            snprintf(err, errlen, "cluster_tls_ca: needs tls_cert and tls_key");
+            return -1;
+        }
     }
     return 0;
 }

@@ -59,6 +59,17 @@ typedef struct chatd_config {
     /* media (server/media.c, docs/media.md) */
     uint32_t max_media_bytes;      /* one upload (POST /api/v1/media body) */
     uint32_t media_url_ttl_s;      /* lifetime of a signed download URL */
+    /* cluster (server/cluster.c, docs/cluster.md); peers empty: one node */
+    uint32_t node_id;
+    char peers[CFG_PATH];          /* "1=host:port,2=host:port,3=host:port" */
+    char cluster_listen[256];      /* host:port for the other nodes;
+                                      empty: this node's entry in peers */
+    char cluster_secret_file[CFG_PATH];
+    char cluster_tls_ca[CFG_PATH]; /* set: node links use TLS with tls_cert/
+                                      tls_key, peers verified against it */
+    uint32_t raft_heartbeat_ms;
+    uint32_t raft_election_ms;     /* timeouts uniform in [this, 2 × this) */
+    uint32_t media_idle_timeout_ms; /* an upload that sends nothing this long */
 } chatd_config;
 
 void config_defaults(chatd_config *c);

@@ -9,15 +9,18 @@
  * of every member shares, so the same path will serve a follower node
  * delivering from its replicated stream.
  */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "auth.h"
 #include "chat.pb-c.h"
 #include "chatd.h"
+#include "cluster.h"
 #include "log.pb-c.h"
 #include "metrics.h"
 #include "push.h"
+#include "raft.h"
 #include "state.h"
 
 #define MAX_CLIENT_MSG_ID 64
@@ -37,6 +40,7 @@ const char *gw_error_name(int code)
     case GW_EUNAUTHORIZED: return "unauthorized";
     case GW_EINTERNAL: return "internal";
     case GW_ECONFLICT: return "conflict";
+    case GW_EUNAVAILABLE: return "unavailable";
     }
     return "?";
 }
@@ -121,12 +125,17 @@ static void fan_out(srv *s, const convo *cv, blob *b, const uint64_t *skip,
 
 /* ---- presence ---- */
 
-static int user_state(const user *u)
+/* Sessions on this node and, in a cluster, on the others. */
+static int user_state(srv *s, const user *u)
 {
-    if (u->ndevices == 0)
+    uint32_t devices, away;
+    cluster_remote_devices(s, u->user_id, &devices, &away);
+    devices += u->ndevices;
+    away += u->naway;
+    if (devices == 0)
         return CHAT__V1__PRESENCE__STATE__OFFLINE;
-    return u->naway == u->ndevices ? CHAT__V1__PRESENCE__STATE__AWAY
-                                   : CHAT__V1__PRESENCE__STATE__ONLINE;
+    return away == devices ? CHAT__V1__PRESENCE__STATE__AWAY
+                           : CHAT__V1__PRESENCE__STATE__ONLINE;
 }
 
 /* Call fn for every user sharing a conversation with u (u excluded). */
@@ -158,11 +167,11 @@ static void send_blob_to_user(srv *s, user *o, void *arg)
         }
 }
 
-static blob *presence_blob(const user *u)
+static blob *presence_blob(srv *s, const user *u)
 {
     Chat__V1__Presence p = CHAT__V1__PRESENCE__INIT;
     p.user_id = u->user_id;
-    p.state = user_state(u);
+    p.state = user_state(s, u);
     p.last_seen_ms = u->last_seen_ms;
     Chat__V1__ServerFrame f = CHAT__V1__SERVER_FRAME__INIT;
     f.kind_case = CHAT__V1__SERVER_FRAME__KIND_PRESENCE;
@@ -172,7 +181,7 @@ static blob *presence_blob(const user *u)
 
 static void broadcast_presence(srv *s, user *u)
 {
-    blob *b = presence_blob(u);
+    blob *b = presence_blob(s, u);
     if (!b)
         return;
     each_contact(s, u, send_blob_to_user, b);
@@ -182,10 +191,9 @@ static void broadcast_presence(srv *s, user *u)
 /* Tell a newly connected device who of its contacts is online. */
 static void presence_to_conn(srv *s, user *o, void *arg)
 {
-    (void)s;
-    if (o->ndevices == 0)
+    if (user_state(s, o) == CHAT__V1__PRESENCE__STATE__OFFLINE)
         return;
-    blob *b = presence_blob(o);
+    blob *b = presence_blob(s, o);
     if (b) {
         conn_send_blob(arg, b);
         blob_unref(b);
@@ -202,7 +210,8 @@ typedef struct typing_ent {
 static typing_ent *typings;
 static uint32_t ntypings, captypings;
 
-static void relay_typing(srv *s, const convo *cv, uint64_t uid, int active)
+/* To this node's sessions only. */
+static void relay_typing_local(srv *s, const convo *cv, uint64_t uid, int active)
 {
     Chat__V1__Typing t = CHAT__V1__TYPING__INIT;
     t.conv_id = cv->conv_id;
@@ -216,6 +225,30 @@ static void relay_typing(srv *s, const convo *cv, uint64_t uid, int active)
         fan_out(s, cv, b, NULL, 0, uid);
         blob_unref(b);
     }
+}
+
+/* To every session, on this node and the others. */
+static void relay_typing(srv *s, const convo *cv, uint64_t uid, int active)
+{
+    relay_typing_local(s, cv, uid, active);
+    cluster_typing(s, cv->conv_id, uid, active);
+}
+
+void gw_remote_typing(srv *s, uint64_t conv_id, uint64_t uid, int active)
+{
+    convo *cv = st_conv(s->st, conv_id);
+    if (cv && cv->committed && st_member(cv, uid))
+        relay_typing_local(s, cv, uid, active);
+}
+
+void gw_remote_presence(srv *s, uint64_t uid, int64_t last_seen_ms)
+{
+    user *u = st_user(s->st, uid, 1);
+    if (!u)
+        return;
+    if (last_seen_ms > u->last_seen_ms)
+        u->last_seen_ms = last_seen_ms;
+    broadcast_presence(s, u);
 }
 
 static void typing_set(srv *s, const convo *cv, uint64_t uid, int active)
@@ -289,7 +322,7 @@ static void on_hello(conn *c, const Chat__V1__Hello *h)
         return;
     }
     snprintf(c->device_id, sizeof c->device_id, "%s", h->device_id ? h->device_id : "");
-    int state_before = user_state(u);
+    int state_before = user_state(s, u);
     c->u = u;
     c->state = CS_READY;
     c->next_dev = u->devices;
@@ -355,7 +388,8 @@ static void on_hello(conn *c, const Chat__V1__Hello *h)
     if (c->dead)
         return;
     each_contact(s, u, presence_to_conn, c);
-    if (user_state(u) != state_before) {
+    cluster_presence_changed(s, u);
+    if (user_state(s, u) != state_before) {
         u->last_seen_ms = srv_now_ms();
         broadcast_presence(s, u);
     }
@@ -367,7 +401,7 @@ void gw_on_close(conn *c)
     if (!u)
         return;
     srv *s = c->srv;
-    int state_before = user_state(u);
+    int state_before = user_state(s, u);
     for (conn **pp = &u->devices; *pp; pp = &(*pp)->next_dev)
         if (*pp == c) {
             *pp = c->next_dev;
@@ -379,7 +413,9 @@ void gw_on_close(conn *c)
     c->u = NULL;
     s->met->ws_sessions--;
     u->last_seen_ms = srv_now_ms();
-    if (u->ndevices > 0 && user_state(u) != state_before && !s->stopping)
+    if (!s->stopping)
+        cluster_presence_changed(s, u);
+    if (u->ndevices > 0 && user_state(s, u) != state_before && !s->stopping)
         broadcast_presence(s, u); /* e.g. the last ONLINE device left: AWAY */
     if (u->ndevices == 0 && !s->stopping) {
         /* Stop anything this user was typing. */
@@ -425,9 +461,13 @@ static void send_ack(conn *c, const char *cmid, uint64_t conv_id, uint64_t msg_i
     send_frame(c, &f);
 }
 
-static int engine_error_code(int status)
+int gw_engine_error(int status)
 {
-    return status == CL_EBUSY ? GW_EOVERLOADED : GW_EINTERNAL;
+    if (status == CL_EBUSY)
+        return GW_EOVERLOADED;
+    if (status == CL_ESTALE || status == RAFT_ENOTLEADER || status == -ETIMEDOUT)
+        return GW_EUNAVAILABLE;
+    return GW_EINTERNAL;
 }
 
 static void send_done(srv *s, void *arg, int status, const log_append_result *res)
@@ -455,8 +495,8 @@ static void send_done(srv *s, void *arg, int status, const log_append_result *re
                 send_ack(c, "", x->conv_id, res->msg_id, res->ts_ms);
         }
     } else {
-        int code = engine_error_code(status);
-        const char *msg = cl_strerror(status);
+        int code = gw_engine_error(status);
+        const char *msg = raft_strerror(status);
         if (x->key) {
             for (uint32_t i = 0; i < x->key->nwaiters; i++) {
                 conn *c = conn_find(s, x->key->waiters[i]);
@@ -608,7 +648,7 @@ int gw_submit_message(srv *s, uint64_t sender, uint64_t conv_id, const char *bod
             st_idem_drop(s->st, k);
         free(x);
         *why = cl_strerror(rc);
-        return engine_error_code(rc);
+        return gw_engine_error(rc);
     }
     return 0;
 }
@@ -648,7 +688,7 @@ static void receipt_done(srv *s, void *arg, int status, const log_append_result 
     } else {
         conn *c = conn_find(s, x->conn_id);
         if (c && c->state == CS_READY)
-            send_error(c, engine_error_code(status), cl_strerror(status), NULL);
+            send_error(c, gw_engine_error(status), raft_strerror(status), NULL);
     }
     free(x);
 }
@@ -689,7 +729,7 @@ int gw_submit_pointer(srv *s, uint64_t uid, uint64_t conv_id, int read,
     if (rc) {
         free(x);
         *why = cl_strerror(rc);
-        return engine_error_code(rc);
+        return gw_engine_error(rc);
     }
     return 0;
 }
@@ -862,10 +902,11 @@ int gw_on_message(conn *c, const uint8_t *data, size_t len)
             break;
         }
         if (away != c->away) {
-            int before = user_state(c->u);
+            int before = user_state(c->srv, c->u);
             c->away = away;
             c->u->naway += away ? 1 : -1;
-            if (user_state(c->u) != before) {
+            cluster_presence_changed(c->srv, c->u);
+            if (user_state(c->srv, c->u) != before) {
                 c->u->last_seen_ms = srv_now_ms();
                 broadcast_presence(c->srv, c->u);
             }

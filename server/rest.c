@@ -12,6 +12,8 @@
  *   GET|POST|DELETE /api/v1/push/devices          push devices (push.c)
  *   POST /api/v1/media                            upload media (media.c)
  *   GET  /api/v1/media/:sha256/url                mint a signed URL (media.c)
+ *   GET  /api/v1/cluster                          replication status (cluster.c;
+ *                                                 no token, like /metrics)
  * An unknown path is 404, a known path with another method 405 (with Allow),
  * then a missing or bad bearer token 401. Every error body is
  * {"error":{"code":N,"name":"...","message":"..."}} with the chat.v1 error
@@ -48,10 +50,12 @@
 
 #include "auth.h"
 #include "chatd.h"
+#include "cluster.h"
 #include "log.pb-c.h"
 #include "media.h"
 #include "metrics.h"
 #include "push.h"
+#include "raft.h"
 #include "rest.h"
 #include "state.h"
 
@@ -163,9 +167,15 @@ static void drain(srv *s, uint64_t conn_id)
         free(q);
     }
     rc->draining = 0;
-    if (!rc->busy && (!rc->head || !reply_conn(s, conn_id)))
+    if (!rc->busy && (!rc->head || !reply_conn(s, conn_id))) {
         rconn_drop(conn_id, rc);
+        /* Every request before a streaming one (a media upload, whose head
+         * paused the connection) has its answer queued: it may start. */
+        conn_http_resume(s, conn_id);
+    }
 }
+
+int rest_conn_busy(uint64_t conn_id) { return map_get(&rconns, conn_id) != NULL; }
 
 /* Send a reply (b owned; NULL: close the connection instead). */
 static void deliver(req *rq, blob *b)
@@ -349,6 +359,7 @@ static int gw_status(int code)
     case GW_ETOOLARGE: return 413;
     case GW_ERATELIMITED: return 429;
     case GW_EOVERLOADED: return 503;
+    case GW_EUNAVAILABLE: return 503;
     }
     return 500;
 }
@@ -358,13 +369,15 @@ static void reply_gw(req *rq, int code, const char *why)
     reply_error(rq, gw_status(code), code, NULL, "%s", why);
 }
 
-/* An append the engine refused or failed: overloaded (retry) or internal. */
+/* An append the engine or the cluster refused or failed: overloaded or
+ * unavailable (retry), or internal. */
 static void reply_engine(req *rq, int status)
 {
-    if (status == CL_EBUSY)
-        reply_error(rq, 503, GW_EOVERLOADED, NULL, "%s; retry later", cl_strerror(status));
+    int code = gw_engine_error(status);
+    if (code == GW_EINTERNAL)
+        reply_error(rq, 500, code, NULL, "storage: %s", raft_strerror(status));
     else
-        reply_error(rq, 500, GW_EINTERNAL, NULL, "storage: %s", cl_strerror(status));
+        reply_error(rq, 503, code, NULL, "%s; retry later", raft_strerror(status));
 }
 
 /* ---- parsing ---- */
@@ -1381,19 +1394,17 @@ static void h_list(req *rq, uint64_t uid)
 
 /* ---- dispatch ---- */
 
-static int authenticate(req *rq, const http_req *r, uint64_t *uid)
+int rest__bearer(struct srv *s, const http_req *r, uint64_t *uid, const char **why)
 {
     const char *h = http_header_get(r, "Authorization");
     if (!h) {
-        reply_error(rq, 401, GW_EUNAUTHORIZED, NULL,
-                    "missing Authorization: Bearer <token>");
+        *why = "missing Authorization: Bearer <token>";
         return -1;
     }
     while (*h == ' ' || *h == '\t')
         h++;
     if (strncasecmp(h, "Bearer", 6) || (h[6] != ' ' && h[6] != '\t')) {
-        reply_error(rq, 401, GW_EUNAUTHORIZED, NULL,
-                    "the Authorization scheme must be Bearer");
+        *why = "the Authorization scheme must be Bearer";
         return -1;
     }
     h += 7;
@@ -1403,13 +1414,22 @@ static int authenticate(req *rq, const http_req *r, uint64_t *uid)
     while (len && (h[len - 1] == ' ' || h[len - 1] == '\t'))
         len--;
     if (len == 0 || len > AUTH_MAX_TOKEN) {
-        reply_error(rq, 401, GW_EUNAUTHORIZED, NULL, "bad token");
+        *why = "bad token";
         return -1;
     }
-    int rc = auth_verify(rq->s->secret, rq->s->secret_len, h, len,
-                         srv_now_ms() / 1000, uid);
+    int rc = auth_verify(s->secret, s->secret_len, h, len, srv_now_ms() / 1000, uid);
     if (rc != AUTH_OK) {
-        reply_error(rq, 401, GW_EUNAUTHORIZED, NULL, "%s", auth_strerror(rc));
+        *why = auth_strerror(rc);
+        return -1;
+    }
+    return 0;
+}
+
+static int authenticate(req *rq, const http_req *r, uint64_t *uid)
+{
+    const char *why = "bad token";
+    if (rest__bearer(rq->s, r, uid, &why)) {
+        reply_error(rq, 401, GW_EUNAUTHORIZED, NULL, "%s", why);
         return -1;
     }
     return 0;
@@ -1476,8 +1496,10 @@ static void h_push(req *rq, const http_req *r, const uint8_t *body, size_t blen)
         reply_raw(rq, 204, NULL, NULL, 0);
 }
 
-/* /api/v1/media and /api/v1/media/:id/url: media_rest (media.c) does the
- * work; docs/media.md. */
+/* /api/v1/media/:id/url: media_rest (media.c) does the work; docs/media.md.
+ * The upload itself (POST /api/v1/media) streams and never comes here
+ * (conn.c hands its body to media_upload_sink); other methods on its path
+ * get their 405 here. */
 static void h_media(req *rq, const http_req *r, const uint8_t *body, size_t blen)
 {
     int upload = !strcmp(r->path, MEDIA_REST_PATH);
@@ -1504,6 +1526,14 @@ static void handle(req *rq, const http_req *r, const uint8_t *body, size_t blen)
     uint64_t conv_id = 0, uid = 0;
     if (!strcmp(r->path, PUSH_REST_PATH)) {
         h_push(rq, r, body, blen);
+        return;
+    }
+    if (!strcmp(r->path, "/api/v1/cluster")) { /* operations, like /metrics */
+        if (strcmp(r->method, "GET"))
+            reply_error(rq, 405, GW_EBADFRAME, "Allow: GET\r\n", "method %.16s not allowed here",
+                        r->method);
+        else
+            reply_json(rq, 200, cluster_status_json(rq->s));
         return;
     }
     if (!strncmp(r->path, MEDIA_REST_PATH, sizeof MEDIA_REST_PATH - 1) &&

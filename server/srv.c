@@ -32,6 +32,7 @@
 
 #include "auth.h"
 #include "chatd.h"
+#include "cluster.h"
 #include "metrics.h"
 #include "push.h"
 #include "state.h"
@@ -130,10 +131,33 @@ static void on_appended(void *arg, int status, const log_append_result *res)
     post(s, it);
 }
 
+void srv_post_result(srv *s, void (*done)(srv *, void *, int, const log_append_result *),
+                     void *ctx, int status, const log_append_result *res)
+{
+    inbox_item *it = calloc(1, sizeof *it);
+    if (!it)
+        abort(); /* a lost completion would leave Raft or a client waiting */
+    it->kind = IB_CALL;
+    it->status = status;
+    if (res)
+        it->res = *res;
+    it->done = done;
+    it->ctx = ctx;
+    post(s, it);
+}
+
+void srv_post_call(srv *s, void (*done)(srv *, void *, int, const log_append_result *),
+                   void *ctx, int status)
+{
+    srv_post_result(s, done, ctx, status, NULL);
+}
+
 int srv_append(srv *s, const rec_view *rec,
                void (*done)(srv *, void *, int, const log_append_result *),
                void *ctx)
 {
+    if (s->cluster)
+        return cluster_append(s, rec, done, ctx);
     append_ctx *a = malloc(sizeof *a);
     if (!a)
         return CL_ENOMEM;
@@ -178,6 +202,8 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
         if (it->kind == IB_COMMIT) {
             st_apply(s->st, &it->e);
             gw_on_commit(s, &it->e);
+        } else if (it->kind == IB_CALL) {
+            it->done(s, it->ctx, it->status, &it->res);
         } else {
             s->inflight--;
             it->done(s, it->ctx, it->status, it->status ? NULL : &it->res);
@@ -185,6 +211,8 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
         free(it);
         it = next;
     }
+    if (s->cluster)
+        cluster_round(s);
     conn_flush_all(s);
     maybe_finish(s);
 }
@@ -305,10 +333,13 @@ int srv_run(srv *s)
     s->st = st_new(s);
     if (!s->base || !s->st)
         goto out;
+    /* In a cluster the Raft commit offset, not local durability, drives
+     * delivery (cluster.c). */
+    int clustered = cluster_enabled(&s->cfg);
     log_options lo = {.shards = s->cfg.shards,
                       .fsync = s->cfg.fsync_none ? LOG_FSYNC_NONE : LOG_FSYNC_ALWAYS,
                       .log_fn = engine_log, .log_arg = s,
-                      .on_commit = on_commit, .commit_arg = s};
+                      .on_commit = clustered ? NULL : on_commit, .commit_arg = s};
     /* `shards` only shapes a new directory; an existing one keeps its own. */
     char manifest[CFG_PATH + 16];
     snprintf(manifest, sizeof manifest, "%s/MANIFEST", s->cfg.data);
@@ -322,9 +353,15 @@ int srv_run(srv *s)
     if (s->cfg.fsync_none)
         srv_log(s, LOG_WARN, "fsync_none is set: acks are NOT durable (tests only)");
     int64_t t0 = srv_now_ms();
-    lrc = st_load(s->st, s->log);
-    if (lrc)
-        srv_log(s, LOG_ERROR, "state loaded around damaged data (%s): see above", cl_strerror(lrc));
+    if (clustered) {
+        if (cluster_start(s))
+            goto out;
+    } else {
+        lrc = st_load(s->st, s->log);
+        if (lrc)
+            srv_log(s, LOG_ERROR, "state loaded around damaged data (%s): see above",
+                    cl_strerror(lrc));
+    }
     srv_log(s, LOG_INFO, "state: %llu conversations, %llu users loaded in %lld ms",
             (unsigned long long)st_nconvs(s->st), (unsigned long long)st_nusers(s->st),
             (long long)(srv_now_ms() - t0));
@@ -352,6 +389,7 @@ int srv_run(srv *s)
     conn_free_all(s);
     rc = 0;
 out:
+    cluster_stop(s);
     if (s->log) {
         int crc = log_close(s->log);
         if (crc) {
@@ -366,6 +404,8 @@ out:
         inbox_item *n = it->next;
         if (it->kind == IB_APPENDED)
             free(it->ctx);
+        else if (it->kind == IB_CALL) /* cluster.c: answers with CL_ECLOSED */
+            it->done(s, it->ctx, it->status, &it->res);
         free(it);
         it = n;
     }
@@ -382,6 +422,7 @@ out:
         event_free(s->sig_term);
     if (s->listen_fd > 0)
         close(s->listen_fd);
+    cluster_free(s);
     push_free(s); /* queued notifications are dropped: best-effort */
     st_free(s->st);
     map_free(&s->conn_by_id);

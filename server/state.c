@@ -533,7 +533,10 @@ void st_apply(st *t, const log_entry *e)
 typedef struct load_ctx {
     st *t;
     uint64_t next; /* offset after the last record applied */
+    uint64_t end;  /* stop before this offset */
 } load_ctx;
+
+#define LOAD_STOP 1
 
 static int load_cb(void *arg, const batch_header *h, const uint8_t *bytes,
                    const log_entry *e, size_t n)
@@ -542,6 +545,8 @@ static int load_cb(void *arg, const batch_header *h, const uint8_t *bytes,
     (void)h;
     (void)bytes;
     for (size_t i = 0; i < n; i++) {
+        if (e[i].offset >= x->end)
+            return LOAD_STOP;
         st_apply(x->t, &e[i]);
         x->next = e[i].offset + 1;
     }
@@ -564,12 +569,19 @@ static uint64_t skip_past(log_t *log, uint32_t shard, uint64_t off)
 
 int st_load(st *t, log_t *log)
 {
+    return st_load_upto(t, log, NULL);
+}
+
+int st_load_upto(st *t, log_t *log, const uint64_t *upto)
+{
     int first = 0;
     for (uint32_t sh = 0; sh < log_shard_count(log); sh++) {
-        load_ctx x = {t, 0};
+        load_ctx x = {t, 0, upto ? upto[sh] : UINT64_MAX};
         for (;;) {
+            if (x.next >= x.end)
+                break;
             int rc = log_read_from(log, sh, x.next, 0, load_cb, &x);
-            if (rc == 0)
+            if (rc == 0 || rc == LOAD_STOP)
                 break;
             /* Damaged data: keep loading everything after it rather than
              * serve an empty state; what it held is missing until repair. */

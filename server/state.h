@@ -37,6 +37,9 @@ void st_free(st *t);
 
 /* Rebuild from the whole log (every shard from offset 0). */
 int st_load(st *t, log_t *log);
+/* The same, shard i only below offset upto[i] (a cluster node: its
+ * committed part). */
+int st_load_upto(st *t, log_t *log, const uint64_t *upto);
 
 /* Apply one committed record. Records of a conversation arrive in order. */
 void st_apply(st *t, const log_entry *e);
