@@ -12,6 +12,22 @@
  * A connection is never freed inside a call that might still use it:
  * conn_close() marks it dead and moves it to srv->dead; conn_reap() frees
  * the dead at the end of each event callback.
+ *
+ * Streaming request bodies (POST /api/v1/media, docs/media.md): once such a
+ * request's head is parsed and accepted by its route (media_upload_begin:
+ * token, temp file), its body is not collected in `in` but handed to a
+ * body_sink as it arrives, straight from the shared read buffer, after the
+ * framing (Content-Length or chunked) is removed here. While a body streams
+ * a read takes at most RBUF_SIZE (64 KiB) and a read event at most 16 reads,
+ * so one fast upload cannot starve the other connections; the sink's disk
+ * writes are synchronous on this thread, each at most 64 KiB. Bytes after
+ * the body are the next pipelined request. A streaming request never
+ * overtakes REST answers still owed on its connection: when its head comes
+ * while rest.c has requests of that connection in flight, reading stops
+ * (paused) with the head kept in `in`, and rest.c resumes the connection
+ * (conn_http_resume) once their answers are queued. A body that stops
+ * arriving for media_idle_timeout_ms is dropped (408, connection closed);
+ * a connection closed mid-body aborts the sink (the temp file goes).
  */
 #include <dirent.h>
 #include <errno.h>
@@ -30,8 +46,10 @@
 #include <unistd.h>
 
 #include "chatd.h"
+#include "cluster.h"
 #include "media.h"
 #include "metrics.h"
+#include "rest.h"
 #include "state.h"
 
 #define RBUF_SIZE (64 * 1024)
@@ -59,17 +77,44 @@ void blob_unref(blob *b)
 
 conn *conn_find(srv *s, uint64_t id) { return map_get(&s->conn_by_id, id); }
 
+/* A streaming request body in progress (see the top of this file). */
+struct conn_body {
+    const body_sink *sink;
+    void *ctx;
+    int chunked;    /* Transfer-Encoding: chunked, decoded by ck */
+    http_chunked ck;
+    uint64_t left;  /* Content-Length bytes still to come */
+    int keep_alive; /* of the request */
+};
+
+/* The body ends without an answer from its sink (client gone, stalled,
+ * bad framing). */
+static void body_drop(conn *c)
+{
+    struct conn_body *b = c->body;
+    if (!b)
+        return;
+    c->body = NULL;
+    b->sink->abort(c->srv, b->ctx);
+    free(b);
+}
+
 static void conn_event(evutil_socket_t fd, short what, void *arg);
 
 static void update_events(conn *c)
 {
     int want = c->out_head != NULL;
-    if (want == c->want_write || c->dead)
+    if ((want == c->want_write && c->paused == c->ev_paused) || c->dead)
         return;
     c->want_write = want;
+    c->ev_paused = c->paused;
     event_del(c->ev);
-    event_assign(c->ev, c->srv->base, c->fd,
-                 EV_READ | EV_PERSIST | (want ? EV_WRITE : 0), conn_event, c);
+    /* Paused: no reading until conn_http_resume (nothing at all to wait
+     * for when there is nothing to write either). */
+    short what = (short)((c->paused ? 0 : EV_READ) | (want ? EV_WRITE : 0));
+    if (!what)
+        return;
+    event_assign(c->ev, c->srv->base, c->fd, what | EV_PERSIST, conn_event, c);
     event_add(c->ev, NULL);
 }
 
@@ -265,6 +310,7 @@ static void kill_conn(conn *c)
         return;
     if (c->state == CS_READY || c->state == CS_HELLO || c->u)
         gw_on_close(c);
+    body_drop(c); /* an upload cut short: its temp file goes now */
     c->dead = 1;
     event_del(c->ev);
     unlink_all(s, c);
@@ -488,6 +534,9 @@ static void serve_builtin(conn *c, const http_req *r, int ka)
     } else if (!strcmp(r->path, "/metrics")) {
         size_t len = 0;
         char *body = met_render(s->met, st_nconvs(s->st), st_nusers(s->st), &len);
+        size_t cap = len + 1;
+        if (body)
+            cluster_metrics(s, &body, &len, &cap);
         if (!body) {
             conn_http_error(c, 500, GW_EINTERNAL, "out of memory", 0);
             return;
@@ -501,6 +550,101 @@ static void serve_builtin(conn *c, const http_req *r, int ka)
     }
 }
 
+/* The body is complete (err 0) or its sink failed (err < 0): the sink
+ * answers. */
+static void body_end(conn *c, int err)
+{
+    struct conn_body *b = c->body;
+    c->body = NULL;
+    b->sink->end(c, b->ctx, err, b->keep_alive && !err);
+    free(b);
+}
+
+/* Pass the body bytes at the start of p[0..n) to the sink. Returns the
+ * bytes consumed (the body's; what follows is the next request), or -1
+ * when the request ended in an error (answered, connection closing). */
+static ssize_t body_feed(conn *c, const uint8_t *p, size_t n)
+{
+    size_t used = 0;
+    /* Each round consumes at least one byte or ends the body. */
+    while (used < n && c->body) {
+        struct conn_body *b = c->body;
+        size_t take;
+        int is_data = 1;
+        if (b->chunked) {
+            int64_t k = http_chunked_step(&b->ck, p + used, n - used, &is_data);
+            if (k < 0) {
+                body_drop(c);
+                conn_http_error(c, 400, GW_EBADFRAME, "bad chunked framing", 0);
+                return -1;
+            }
+            take = (size_t)k;
+        } else {
+            take = b->left < n - used ? (size_t)b->left : n - used;
+            b->left -= take;
+        }
+        if (is_data && take) {
+            int rc = b->sink->write(b->ctx, p + used, take);
+            if (rc) {
+                body_end(c, rc);
+                return -1;
+            }
+        }
+        used += take;
+        if (b->chunked ? http_chunked_done(&b->ck) : b->left == 0) {
+            body_end(c, 0);
+            if (c->dead)
+                return -1;
+        } else if (take == 0) {
+            break; /* cannot happen (the decoder consumes while not done) */
+        }
+    }
+    return (ssize_t)used;
+}
+
+/* The head of a streaming request was accepted: start passing its body
+ * on. 0, or -1 when it was refused (answered, closing). */
+static int body_start(conn *c, const http_req *r)
+{
+    void *ctx;
+    if (media_upload_begin(c, r, &ctx))
+        return -1;
+    struct conn_body *b = calloc(1, sizeof *b);
+    if (!b) {
+        media_upload_sink.abort(c->srv, ctx);
+        conn_close(c, 0, NULL);
+        return -1;
+    }
+    b->sink = &media_upload_sink;
+    b->ctx = ctx;
+    b->chunked = r->chunked;
+    http_chunked_init(&b->ck);
+    b->left = r->content_length;
+    b->keep_alive = r->keep_alive;
+    c->body = b;
+    /* The client waits for this before sending the body (RFC 9110 §10.1.1);
+     * it is sent only now that the request is accepted. */
+    const char *ex = http_header_get(r, "Expect");
+    if (ex && !strcasecmp(ex, "100-continue") && r->minor_version == 1) {
+        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        conn_send(c, cont, sizeof cont - 1);
+    }
+    if (!c->dead && !b->chunked && b->left == 0)
+        body_end(c, 0);
+    return c->dead ? -1 : 0;
+}
+
+void conn_http_resume(srv *s, uint64_t conn_id)
+{
+    conn *c = conn_find(s, conn_id);
+    if (!c || c->dead || !c->paused)
+        return;
+    c->paused = 0;
+    c->resumed = 1; /* parse the kept head before reading more */
+    update_events(c);
+    event_active(c->ev, EV_READ, 0);
+}
+
 /* Handle the requests in buf; returns bytes consumed, or -1 when the
  * connection was closed or switched to WebSocket mid-buffer (then *ws_rest
  * tells where the WebSocket bytes start). */
@@ -508,7 +652,15 @@ static ssize_t handle_http(conn *c, char *buf, size_t len, size_t *ws_rest)
 {
     srv *s = c->srv;
     size_t used = 0;
-    while (used < len && !c->dead && !c->close_after_flush && c->state == CS_HTTP) {
+    while (used < len && !c->dead && !c->close_after_flush && c->state == CS_HTTP &&
+           !c->paused) {
+        if (c->body) {
+            ssize_t k = body_feed(c, (const uint8_t *)buf + used, len - used);
+            if (k < 0)
+                return -1;
+            used += (size_t)k;
+            continue;
+        }
         /* Parse a copy: the parser writes NULs into what it parses, and an
          * incomplete request must stay as it arrived for the next read. */
         http_req r;
@@ -526,6 +678,33 @@ static ssize_t handle_http(conn *c, char *buf, size_t len, size_t *ws_rest)
         }
         if (r.content_length > media_body_limit(s, &r)) {
             conn_http_error(c, 413, GW_ETOOLARGE, "request body too large", 0);
+            return -1;
+        }
+        /* Only rest_handle queues behind the REST answers still owed on this
+         * connection. Any other request (an upload, /healthz, /ws, /media/)
+         * must not overtake them — a 101 would also make them undeliverable
+         * (found by fuzz/conn_input): wait, head kept, not reading (bounded:
+         * what was read). */
+        if ((media_is_upload(&r) || strncmp(r.path, "/api/", 5)) && rest_conn_busy(c->id)) {
+            srv_log(s, LOG_DEBUG, "conn %llu: request waits for the answers owed before it",
+                    (unsigned long long)c->id);
+            c->paused = 1;
+            update_events(c);
+            break;
+        }
+        if (media_is_upload(&r)) {
+            s->met->http_requests++;
+            c->http_requests++;
+            used += (size_t)hl;
+            c->last_rx_ms = srv_now_ms();
+            if (body_start(c, &r))
+                return -1;
+            continue;
+        }
+        if (r.chunked) {
+            /* Only streaming routes take a body of unknown length. */
+            conn_http_error(c, 411, GW_EBADFRAME,
+                            "Content-Length required (chunked bodies only for POST /api/v1/media)", 0);
             return -1;
         }
         if ((size_t)hl + r.content_length > len - used)
@@ -681,13 +860,10 @@ static void on_readable(conn *c)
         size_t have = c->inlen, cap;
         int http_big = !c->is_ws && c->inlen > 0;
         if (http_big) {
-            /* The largest body of any route (media uploads may be larger
-             * than other bodies); handle_http checks each request's own
-             * limit as soon as its head is complete. */
-            size_t want = s->cfg.max_head_bytes +
-                          (s->cfg.max_media_bytes > s->cfg.max_http_body_bytes
-                               ? s->cfg.max_media_bytes
-                               : s->cfg.max_http_body_bytes);
+            /* The largest body of any buffered route; handle_http checks
+             * each request's own limit as soon as its head is complete.
+             * (Media uploads stream and are never collected here.) */
+            size_t want = s->cfg.max_head_bytes + s->cfg.max_http_body_bytes;
             if (c->incap < want) {
                 size_t ncap = c->incap ? c->incap * 2 : 16384;
                 if (ncap > want)
@@ -715,15 +891,24 @@ static void on_readable(conn *c)
             cap = s->rbuf_cap;
             if (have)
                 memcpy(buf, c->in, have);
+            if (c->body && cap > have + RBUF_SIZE + 1)
+                cap = have + RBUF_SIZE + 1; /* a streaming body: 64 KiB a read */
         }
-        ssize_t n = conn_read(c, buf + have, cap - have - 1);
-        if (n == -EAGAIN)
-            return;
-        if (n <= 0) {
-            conn_close(c, 0, NULL); /* EOF or error: half-open ends here */
-            return;
+        if (c->incap > s->met->http_input_buffer_peak && !c->is_ws)
+            s->met->http_input_buffer_peak = c->incap;
+        ssize_t n = 0;
+        if (c->resumed) {
+            c->resumed = 0; /* the kept input first: a paused head */
+        } else {
+            n = conn_read(c, buf + have, cap - have - 1);
+            if (n == -EAGAIN)
+                return;
+            if (n <= 0) {
+                conn_close(c, 0, NULL); /* EOF or error: half-open ends here */
+                return;
+            }
+            c->last_rx_ms = srv_now_ms();
         }
-        c->last_rx_ms = srv_now_ms();
         size_t len = have + (size_t)n;
         if (c->is_ws) {
             handle_ws(c, buf, len);
@@ -734,6 +919,10 @@ static void on_readable(conn *c)
         ssize_t used = handle_http(c, (char *)buf, len, &ws_rest);
         if (used < 0 || c->dead)
             return;
+        if (c->close_after_flush && !c->is_ws) {
+            c->inlen = 0; /* answered with Connection: close: nothing more is parsed */
+            return;
+        }
         if (c->is_ws) {
             c->inlen = 0;
             if (ws_rest < len) {
@@ -778,6 +967,8 @@ static void on_readable(conn *c)
             memcpy(c->in, buf + used, rest);
             c->inlen = (uint32_t)rest;
         }
+        if (c->paused)
+            return; /* conn_http_resume goes on */
     }
 }
 
@@ -940,6 +1131,17 @@ void conn_tick(srv *s, int64_t now)
         }
         switch (c->state) {
         case CS_HTTP:
+            if (c->paused)
+                break; /* waiting for the server, not the client */
+            if (c->body) {
+                if (now - c->last_rx_ms > cfg->media_idle_timeout_ms) {
+                    srv_log(s, LOG_INFO, "conn %llu: upload stalled, dropped",
+                            (unsigned long long)c->id);
+                    body_drop(c);
+                    conn_http_error(c, 408, 0, "upload stalled (media_idle_timeout_ms)", 0);
+                }
+                break;
+            }
             if (c->http_requests == 0 || c->inlen > 0) {
                 if (now - c->opened_ms > cfg->handshake_timeout_ms &&
                     now - c->last_rx_ms > cfg->handshake_timeout_ms / 2) {

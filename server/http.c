@@ -20,10 +20,30 @@
  *
  * Bounds: the head, up to and including its empty line, must fit in
  * max_head bytes (else 431), with at most HTTP_MAX_HEADERS header lines
- * (else 431). Bodies: Transfer-Encoding is refused (501: we implement no
- * transfer coding, and refusing it removes the CL/TE request-smuggling
- * ambiguity); Content-Length must be 1*DIGIT, fit in 64 bits and appear at
- * most once (else 400). A second Host header is 400 (RFC 9112 §3.2).
+ * (else 431). Bodies: Content-Length must be 1*DIGIT, fit in 64 bits and
+ * appear at most once (else 400). Transfer-Encoding is accepted only as one
+ * header whose value is exactly "chunked" (case-insensitive), in HTTP/1.1,
+ * without Content-Length: then http_req.chunked is set and the body is
+ * decoded with http_chunked_step. Transfer-Encoding together with
+ * Content-Length, twice, or in HTTP/1.0 is 400 (RFC 9112 §6.1: faulty
+ * framing, the request-smuggling ambiguity); any other coding ("gzip",
+ * "gzip, chunked") is 501. Which routes take a chunked body is the caller's
+ * business (conn.c answers 411 on the others). A second Host header is 400
+ * (RFC 9112 §3.2).
+ *
+ * Chunked bodies (RFC 9112 §7.1), decoded incrementally with bounded state:
+ *
+ *   chunked-body = *chunk last-chunk trailer-section CRLF
+ *   chunk        = chunk-size [ BWS ";" ext ] CRLF chunk-data CRLF
+ *   chunk-size   = 1*16HEXDIG      (at most HTTP_CHUNK_MAX_DIGITS digits)
+ *   last-chunk   = 1*"0" [ BWS ";" ext ] CRLF
+ *   trailer-section = *( field-line CRLF )   (read and ignored)
+ *
+ * Line ends are CRLF only (no bare LF inside a body: the framing must be
+ * read the same way by every hop). A size line (with its extensions) longer
+ * than HTTP_CHUNK_MAX_LINE bytes, trailers longer than HTTP_CHUNK_MAX_TRAILER
+ * bytes in all, a control byte in an extension or trailer, or anything else
+ * off the grammar is 400.
  *
  * In place: the parser writes a NUL after the method, after the path (over
  * the '?'), after the query / target, after each header name (over the
@@ -176,7 +196,7 @@ int http_parse_head(char *buf, size_t len, size_t max_head, http_req *out)
     if (rc)
         return rc;
 
-    int have_cl = 0, have_host = 0, conn_close = 0, conn_keep = 0;
+    int have_cl = 0, have_host = 0, conn_close = 0, conn_keep = 0, have_te = 0;
     for (;;) {
         line = next_line(buf, &pos, head_len, &n);
         if (!line)
@@ -204,8 +224,13 @@ int http_parse_head(char *buf, size_t len, size_t max_head, http_req *out)
             return -431;
         out->headers[out->nheaders++] = (http_header){line, v};
 
-        if (strcasecmp(line, "Transfer-Encoding") == 0)
-            return -501;
+        if (strcasecmp(line, "Transfer-Encoding") == 0) {
+            if (have_te++)
+                return -400;
+            if (strcasecmp(v, "chunked"))
+                return http_list_has(v, "chunked") || !*v ? -400 : -501;
+            out->chunked = 1;
+        }
         if (strcasecmp(line, "Content-Length") == 0) {
             if (have_cl)
                 return -400;
@@ -221,12 +246,129 @@ int http_parse_head(char *buf, size_t len, size_t max_head, http_req *out)
             conn_keep |= http_list_has(v, "keep-alive");
         }
     }
+    if (have_te && (have_cl || out->minor_version != 1))
+        return -400;
     if (out->minor_version == 1)
         out->keep_alive = !conn_close;
     else
         out->keep_alive = conn_keep && !conn_close;
     return (int)head_len;
 }
+
+/* ---- chunked bodies ---- */
+
+enum {
+    CK_SIZE = 0,  /* chunk-size digits */
+    CK_EXT,       /* after the digits: BWS, ";" extensions, up to CR */
+    CK_SIZE_LF,   /* the LF after the size line's CR */
+    CK_DATA,      /* chunk data, left bytes to go */
+    CK_DATA_CR,   /* the CRLF after chunk data */
+    CK_DATA_LF,
+    CK_TRAILER,   /* at the start of a trailer line (or the final CRLF) */
+    CK_TRAILER_LINE,
+    CK_TRAILER_LF,
+    CK_END_LF,    /* the final LF */
+    CK_DONE,
+};
+
+void http_chunked_init(http_chunked *d) { memset(d, 0, sizeof *d); }
+
+int64_t http_chunked_step(http_chunked *d, const uint8_t *in, size_t n, int *is_data)
+{
+    *is_data = 0;
+    if (d->state == CK_DONE || n == 0)
+        return 0;
+    if (d->state == CK_DATA) {
+        size_t k = d->left < n ? (size_t)d->left : n;
+        d->left -= k;
+        if (d->left == 0)
+            d->state = CK_DATA_CR;
+        *is_data = 1;
+        return (int64_t)k;
+    }
+    /* Framing: one byte at a time (a few bytes per chunk). */
+    uint8_t c = in[0];
+    switch (d->state) {
+    case CK_SIZE: {
+        int h = (c >= '0' && c <= '9') ? c - '0'
+                : (c >= 'a' && c <= 'f') ? c - 'a' + 10
+                : (c >= 'A' && c <= 'F') ? c - 'A' + 10
+                                         : -1;
+        if (h >= 0) {
+            if (++d->digits > HTTP_CHUNK_MAX_DIGITS)
+                return -400;
+            d->left = d->left << 4 | (uint64_t)h;
+            break;
+        }
+        if (d->digits == 0)
+            return -400;
+        d->state = CK_EXT;
+        goto ext; /* the byte after the digits */
+    }
+    case CK_EXT:
+    ext:
+        if (c == '\r') {
+            d->state = CK_SIZE_LF;
+        } else if (c == ';' || c == ' ' || c == '\t') {
+            d->ext = d->ext || c == ';';
+        } else if (!d->ext || c < 0x20 || c == 0x7f) {
+            return -400; /* only BWS before ';'; no control bytes after */
+        }
+        break;
+    case CK_SIZE_LF:
+        if (c != '\n')
+            return -400;
+        d->digits = 0;
+        d->ext = 0;
+        d->line = 0;
+        d->state = d->left ? CK_DATA : CK_TRAILER;
+        return 1;
+    case CK_DATA_CR:
+        if (c != '\r')
+            return -400;
+        d->state = CK_DATA_LF;
+        break;
+    case CK_DATA_LF:
+        if (c != '\n')
+            return -400;
+        d->line = 0;
+        d->state = CK_SIZE;
+        return 1;
+    case CK_TRAILER:
+        if (c == '\r') {
+            d->state = CK_END_LF;
+            break;
+        }
+        d->state = CK_TRAILER_LINE;
+        /* fall through */
+    case CK_TRAILER_LINE:
+        if (c == '\r') {
+            d->state = CK_TRAILER_LF;
+        } else if ((c < 0x20 && c != '\t') || c == 0x7f) {
+            return -400;
+        }
+        if (++d->trailer > HTTP_CHUNK_MAX_TRAILER)
+            return -400;
+        return 1;
+    case CK_TRAILER_LF:
+        if (c != '\n')
+            return -400;
+        d->state = CK_TRAILER;
+        return 1;
+    case CK_END_LF:
+        if (c != '\n')
+            return -400;
+        d->state = CK_DONE;
+        return 1;
+    default:
+        return -400;
+    }
+    if (++d->line > HTTP_CHUNK_MAX_LINE)
+        return -400;
+    return 1;
+}
+
+int http_chunked_done(const http_chunked *d) { return d->state == CK_DONE; }
 
 const char *http_header_get(const http_req *r, const char *name)
 {

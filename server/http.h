@@ -5,9 +5,10 @@
  *
  * Accepted: request line "METHOD SP target SP HTTP/1.1" (or HTTP/1.0), then
  * header lines "Name: value" (optional whitespace around value, no obs-fold),
- * then CRLF CRLF (bare LF line ends are accepted). Request bodies only with
- * Content-Length (Transfer-Encoding is refused with 501), at most one
- * Content-Length. The exact grammar is at the top of http.c.
+ * then CRLF CRLF (bare LF line ends are accepted). Request bodies with one
+ * Content-Length, or with "Transfer-Encoding: chunked" alone (decoded
+ * incrementally by http_chunked_step; other codings are refused with 501).
+ * The exact grammar is at the top of http.c.
  */
 #ifndef CHATLOG_HTTP_H
 #define CHATLOG_HTTP_H
@@ -36,6 +37,7 @@ typedef struct http_req {
     http_header headers[HTTP_MAX_HEADERS];
     int nheaders;
     uint64_t content_length; /* 0 when absent */
+    int chunked;             /* Transfer-Encoding: chunked (no Content-Length) */
     int keep_alive;          /* after this request */
 } http_req;
 
@@ -47,9 +49,37 @@ typedef struct http_req {
  * the head, obs-fold, header without colon, duplicate Host, duplicate or
  * non-numeric or overflowing Content-Length), -431 (head not complete
  * within max_head bytes, or more than HTTP_MAX_HEADERS headers), -501
- * (Transfer-Encoding), -505 ("HTTP/d.d" other than 1.0 and 1.1). The head
+ * (a Transfer-Encoding other than "chunked"; Transfer-Encoding with
+ * Content-Length, twice, or in HTTP/1.0 is -400), -505 ("HTTP/d.d" other than 1.0 and 1.1). The head
  * is parsed once complete; errors are not reported before that. */
 int http_parse_head(char *buf, size_t len, size_t max_head, http_req *out);
+
+/* An incremental decoder of a chunked request body (RFC 9112 §7.1): a few
+ * words of state whatever the body's size. Zero it with http_chunked_init. */
+#define HTTP_CHUNK_MAX_DIGITS 15     /* chunk-size hex digits (< 2^60) */
+#define HTTP_CHUNK_MAX_LINE 4096     /* a size line with its extensions */
+#define HTTP_CHUNK_MAX_TRAILER 8192  /* the trailer section, all lines */
+
+typedef struct http_chunked {
+    int state;
+    int digits, ext;
+    uint32_t line, trailer;
+    uint64_t left; /* chunk-data bytes still to come in this chunk */
+} http_chunked;
+
+void http_chunked_init(http_chunked *d);
+
+/* Step over the start of in[0..n): returns how many bytes were consumed
+ * (>= 1 when n > 0 and the body is not complete), with *is_data = 1 when
+ * those bytes are chunk data — in[0..ret) is then body content, to be
+ * passed on — and 0 when they were framing (consumed here). 0 when n == 0
+ * or the body is complete; -400 for malformed framing (the decoder is then
+ * unusable). Call it in a loop until the input is used up or
+ * http_chunked_done. */
+int64_t http_chunked_step(http_chunked *d, const uint8_t *in, size_t n, int *is_data);
+
+/* 1 once the last chunk and the trailer section have been consumed. */
+int http_chunked_done(const http_chunked *d);
 
 /* Value of the first header named name (case-insensitive), or NULL. */
 const char *http_header_get(const http_req *r, const char *name);

@@ -11,17 +11,25 @@
  *                     content_type: <type as uploaded, printable ASCII>
  *                     size: <decimal byte count>
  *                     uploader: <decimal user id>      (one line per uploader)
- *   <p>/tmp-*       a write in progress; never read, removed when found by
- *                   the next store into the same directory
+ *   <p>/tmp-*       a .meta write in progress; never read
+ *   tmp-up-*        an upload in progress (directly under media/: its
+ *                   address is known only at its end); never read
+ * A tmp- file is garbage once no chatd runs on the directory: a crash
+ * leaves it, `chatlog verify` notes it, removing it is safe.
  * Valid: an object is valid iff sha256(bytes) == its name; a .meta is valid
  * iff it parses and its size equals the object's length. An object without
  * a valid .meta is served as application/octet-stream.
  *
- * Write order (media_store): bytes to <p>/tmp-<id>-<pid>-<n>, fsync, rename
- * to <p>/<id>, fsync <p>; then the .meta the same way. A crash leaves at
- * most a tmp- file (garbage, never read) or an object without .meta; never
- * a partial object under its final name. An object already present is not
- * rewritten (same name, same bytes).
+ * Write order (an upload, media_upload_*): the bytes are streamed to
+ * media/tmp-up-<pid>-<n> as they arrive, hashing them (SHA-256) on the way;
+ * at the end fsync it, rename it to <p>/<id>, fsync <p>, fsync media/ (a new
+ * <p>, the rename out of media/); then the .meta is written to
+ * <p>/tmp-<id16>-<pid>-<n>, fsynced, renamed to <p>/<id>.meta, <p> fsynced.
+ * A crash leaves at most a tmp- file (garbage, never read) or an object
+ * without .meta; never a partial object under its final name. An object
+ * already present is not rewritten (same name, same bytes): the new temp
+ * file is removed instead. An upload cut short (client gone, bad framing,
+ * too large, write error) removes its temp file at once.
  *
  * Signed URLs: /media/<id>?exp=<unix seconds>&sig=<hex HMAC-SHA256(secret,
  * id "\n" exp)>, secret being chatd's JWT secret. Valid while now <= exp.
@@ -48,6 +56,7 @@
 
 #include "media.h"
 #include "metrics.h"
+#include "rest.h"
 #include "state.h"
 
 #define MEDIA_DIR "media"
@@ -406,30 +415,11 @@ static void clean_ctype(const char *v, char *out)
     snprintf(out, MEDIA_CTYPE_MAX + 1, "%s", ok ? v : dflt);
 }
 
-int media_store(const char *data_dir, const uint8_t *data, size_t len, const char *ctype,
-                uint64_t uploader, char *id)
+/* Add uploader to the .meta of object id (len bytes): created with ctype
+ * when missing or stale, unchanged when uploader is already listed. */
+static int meta_add_uploader(const char *dir, const char *mpath, const char *id, uint64_t len,
+                             const char *ctype, uint64_t uploader)
 {
-    uint8_t h[SHA256_DIGEST_LENGTH];
-    SHA256(data, len, h);
-    to_hex(h, sizeof h, id);
-    char top[CFG_PATH + 16], dir[CFG_PATH + 32], obj[CFG_PATH + 128],
-        mpath[CFG_PATH + 160];
-    snprintf(top, sizeof top, "%s/" MEDIA_DIR, data_dir);
-    obj_paths(data_dir, id, dir, sizeof dir, obj, sizeof obj, mpath, sizeof mpath);
-    int rc = mkdir_p(top);
-    if (!rc)
-        rc = mkdir_p(dir);
-    if (rc)
-        return rc;
-    struct stat sb;
-    int have = stat(obj, &sb) == 0 && S_ISREG(sb.st_mode) && (uint64_t)sb.st_size == len;
-    if (!have) {
-        if ((rc = write_atomic(dir, obj, id, data, len)))
-            return rc;
-        /* The new directory entries up the tree must be durable too. */
-        if ((rc = fsync_dir(top)))
-            return rc;
-    }
     meta m;
     if (read_meta(mpath, &m) || m.size != len) {
         memset(&m, 0, sizeof m);
@@ -447,6 +437,166 @@ int media_store(const char *data_dir, const uint8_t *data, size_t len, const cha
     }
     m.uploaders[m.nup++] = uploader;
     return write_meta(dir, mpath, id, &m);
+}
+
+/* ---- uploads ---- */
+
+#define UPLOAD_WRITE_MAX (64u << 10)   /* one write(2) */
+#define UPLOAD_WRITEBACK (4u << 20)    /* start writeback every this many bytes */
+
+struct media_upload {
+    int fd;
+    int err;            /* sticky: the first failure */
+    EVP_MD_CTX *md;
+    uint64_t size, limit;
+    uint64_t flushed;   /* writeback started up to here */
+    uint64_t uploader;
+    char ctype[MEDIA_CTYPE_MAX + 1];
+    char data_dir[CFG_PATH];
+    char tmp[CFG_PATH + 64];
+};
+
+int media_upload_open(const char *data_dir, uint64_t limit, const char *ctype,
+                      uint64_t uploader, media_upload **out)
+{
+    static unsigned counter;
+    *out = NULL;
+    char top[CFG_PATH + 16];
+    snprintf(top, sizeof top, "%s/" MEDIA_DIR, data_dir);
+    int rc = mkdir_p(top);
+    if (rc)
+        return rc;
+    media_upload *u = calloc(1, sizeof *u);
+    if (!u)
+        return -ENOMEM;
+    u->md = EVP_MD_CTX_new();
+    if (!u->md || !EVP_DigestInit_ex(u->md, EVP_sha256(), NULL)) {
+        EVP_MD_CTX_free(u->md);
+        free(u);
+        return -ENOMEM;
+    }
+    u->limit = limit;
+    u->uploader = uploader;
+    clean_ctype(ctype, u->ctype);
+    snprintf(u->data_dir, sizeof u->data_dir, "%s", data_dir);
+    snprintf(u->tmp, sizeof u->tmp, "%s/" MEDIA_TMP_PREFIX "up-%ld-%u", top, (long)getpid(),
+             counter++);
+    u->fd = open(u->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (u->fd < 0) {
+        rc = -errno;
+        EVP_MD_CTX_free(u->md);
+        free(u);
+        return rc;
+    }
+    *out = u;
+    return 0;
+}
+
+uint64_t media_upload_size(const media_upload *u) { return u->size; }
+
+int media_upload_write(media_upload *u, const uint8_t *p, size_t n)
+{
+    if (u->err)
+        return u->err;
+    if (n > u->limit - u->size) {
+        u->err = -EFBIG;
+        return u->err;
+    }
+    if (!EVP_DigestUpdate(u->md, p, n)) {
+        u->err = -ENOMEM;
+        return u->err;
+    }
+    while (n) {
+        size_t k = n < UPLOAD_WRITE_MAX ? n : UPLOAD_WRITE_MAX;
+        ssize_t w = write(u->fd, p, k);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0) {
+            u->err = w < 0 ? -errno : -EIO;
+            return u->err;
+        }
+        p += w;
+        n -= (size_t)w;
+        u->size += (uint64_t)w;
+    }
+    if (u->size - u->flushed >= UPLOAD_WRITEBACK) {
+        /* Start writing the dirty pages now, without waiting: the fsync
+         * at the end (on the loop thread) then has little left to do. */
+        (void)sync_file_range(u->fd, (off64_t)u->flushed, (off64_t)(u->size - u->flushed),
+                              SYNC_FILE_RANGE_WRITE);
+        u->flushed = u->size;
+    }
+    return 0;
+}
+
+void media_upload_discard(media_upload *u)
+{
+    if (!u)
+        return;
+    if (u->fd >= 0)
+        close(u->fd);
+    unlink(u->tmp);
+    EVP_MD_CTX_free(u->md);
+    free(u);
+}
+
+int media_upload_commit(media_upload *u, char *id)
+{
+    int rc = u->err;
+    uint8_t h[EVP_MAX_MD_SIZE];
+    unsigned int hl = 0;
+    if (!rc && (!EVP_DigestFinal_ex(u->md, h, &hl) || hl != SHA256_DIGEST_LENGTH))
+        rc = -ENOMEM;
+    if (!rc && fsync(u->fd))
+        rc = -errno;
+    if (!rc) {
+        rc = close(u->fd) ? -errno : 0;
+        u->fd = -1;
+    }
+    if (rc) {
+        media_upload_discard(u);
+        return rc;
+    }
+    to_hex(h, SHA256_DIGEST_LENGTH, id);
+    char top[CFG_PATH + 16], dir[CFG_PATH + 32], obj[CFG_PATH + 128],
+        mpath[CFG_PATH + 160];
+    snprintf(top, sizeof top, "%s/" MEDIA_DIR, u->data_dir);
+    obj_paths(u->data_dir, id, dir, sizeof dir, obj, sizeof obj, mpath, sizeof mpath);
+    rc = mkdir_p(dir);
+    struct stat sb;
+    int have = !rc && stat(obj, &sb) == 0 && S_ISREG(sb.st_mode) &&
+               (uint64_t)sb.st_size == u->size;
+    if (!rc && !have) {
+        if (rename(u->tmp, obj))
+            rc = -errno;
+        /* The new entry in <p>, and in media/ the new <p> and the temp
+         * name gone: both directories must reach the disk. */
+        if (!rc)
+            rc = fsync_dir(dir);
+        if (!rc)
+            rc = fsync_dir(top);
+    }
+    if (have || rc)
+        unlink(u->tmp); /* a duplicate, or a failed rename */
+    if (!rc)
+        rc = meta_add_uploader(dir, mpath, id, u->size, u->ctype, u->uploader);
+    EVP_MD_CTX_free(u->md);
+    free(u);
+    return rc;
+}
+
+int media_store(const char *data_dir, const uint8_t *data, size_t len, const char *ctype,
+                uint64_t uploader, char *id)
+{
+    media_upload *u;
+    int rc = media_upload_open(data_dir, len, ctype, uploader, &u);
+    if (rc)
+        return rc;
+    if ((rc = media_upload_write(u, data, len))) {
+        media_upload_discard(u);
+        return rc;
+    }
+    return media_upload_commit(u, id);
 }
 
 /* ---- HTTP ---- */
@@ -560,6 +710,156 @@ void media_serve(conn *c, const http_req *r, int ka)
     close(fd);
 }
 
+/* ---- POST /api/v1/media: the streaming upload ---- */
+
+int media_is_upload(const http_req *r)
+{
+    return !strcmp(r->method, "POST") && !strcmp(r->path, MEDIA_REST_PATH);
+}
+
+/* An error answer with extra header lines (hdrs, may be NULL); the
+ * connection closes after it (the body, if any, is not read). */
+static void reply_refusal(conn *c, int status, int code, const char *hdrs, const char *msg)
+{
+    if (code > 0 && code < 16)
+        c->srv->met->errors_by_code[code]++;
+    json_t *j = json_pack("{s:{s:i, s:s, s:s}}", "error", "code", code, "name",
+                          gw_error_name(code), "message", msg);
+    char *body = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    json_decref(j);
+    char head[512];
+    size_t blen = body ? strlen(body) : 0;
+    int n = snprintf(head, sizeof head,
+                     "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n"
+                     "Cache-Control: no-store\r\n%sConnection: close\r\n\r\n",
+                     status, http_reason(status), blen, hdrs ? hdrs : "");
+    blob *b = body && n > 0 && (size_t)n < sizeof head ? blob_new((size_t)n + blen) : NULL;
+    if (!b) {
+        free(body);
+        conn_close(c, 0, NULL);
+        return;
+    }
+    memcpy(b->data, head, (size_t)n);
+    memcpy(b->data + n, body, blen);
+    free(body);
+    c->close_after_flush = 1;
+    conn_send_blob(c, b);
+    blob_unref(b);
+}
+
+/* The status of a failed upload: 413 past the limit, 507 out of space,
+ * 503 out of descriptors, else 500. */
+static int upload_status(int err, int *code, const char **msg)
+{
+    *code = GW_EINTERNAL;
+    switch (err) {
+    case -EFBIG:
+        *code = GW_ETOOLARGE;
+        *msg = "media larger than max_media_bytes";
+        return 413;
+    case -ENOSPC:
+    case -EDQUOT:
+        *msg = "the media store is out of space";
+        return 507;
+    case -EMFILE:
+    case -ENFILE:
+        *code = GW_EOVERLOADED;
+        *msg = "too many uploads at once, retry later";
+        return 503;
+    }
+    *msg = "storing the media failed";
+    return 500;
+}
+
+static int up_write(void *ctx, const uint8_t *p, size_t n)
+{
+    return media_upload_write(ctx, p, n);
+}
+
+static void up_abort(srv *s, void *ctx)
+{
+    media_upload *u = ctx;
+    s->met->media_uploads_active--;
+    s->met->media_uploads_failed++;
+    srv_log(s, LOG_DEBUG, "media: upload abandoned after %" PRIu64 " bytes, temp removed",
+            u->size);
+    media_upload_discard(u);
+}
+
+static void up_end(conn *c, void *ctx, int err, int ka)
+{
+    srv *s = c->srv;
+    media_upload *u = ctx;
+    uint64_t size = u->size;
+    char id[MEDIA_ID_LEN + 1], url[256];
+    s->met->media_uploads_active--;
+    if (err)
+        media_upload_discard(u);
+    else
+        err = media_upload_commit(u, id); /* frees u */
+    if (err) {
+        int code;
+        const char *msg;
+        int status = upload_status(err, &code, &msg);
+        if (status != 413)
+            srv_log(s, LOG_ERROR, "media: storing an upload failed after %" PRIu64 " bytes: %s",
+                    size, strerror(-err));
+        s->met->media_uploads_failed++;
+        reply_refusal(c, status, code, NULL, msg);
+        return;
+    }
+    s->met->media_uploads++;
+    s->met->media_upload_bytes += size;
+    char dir[CFG_PATH + 32], obj[CFG_PATH + 128], mpath[CFG_PATH + 160];
+    obj_paths(s->cfg.data, id, dir, sizeof dir, obj, sizeof obj, mpath, sizeof mpath);
+    meta m;
+    if (read_meta(mpath, &m))
+        snprintf(m.ctype, sizeof m.ctype, "application/octet-stream");
+    json_t *j = signed_url(s, id, url, sizeof url)
+                    ? json_pack("{s:s, s:s, s:I, s:s}", "media_id", id, "url", url, "size",
+                                (json_int_t)size, "content_type", m.ctype)
+                    : NULL;
+    char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    json_decref(j);
+    if (!text) {
+        reply_refusal(c, 500, GW_EINTERNAL, NULL, "out of memory");
+        return;
+    }
+    conn_http_reply(c, 201, "application/json", text, strlen(text), ka);
+    free(text);
+}
+
+const body_sink media_upload_sink = {up_write, up_end, up_abort};
+
+int media_upload_begin(conn *c, const http_req *r, void **ctx)
+{
+    srv *s = c->srv;
+    uint64_t uid;
+    const char *why = "bad token";
+    *ctx = NULL;
+    if (rest__bearer(s, r, &uid, &why)) {
+        reply_refusal(c, 401, GW_EUNAUTHORIZED, "WWW-Authenticate: Bearer realm=\"chatd\"\r\n",
+                      why);
+        return -1;
+    }
+    media_upload *u;
+    int rc = media_upload_open(s->cfg.data, s->cfg.max_media_bytes,
+                               http_header_get(r, "Content-Type"), uid, &u);
+    if (rc) {
+        int code;
+        const char *msg;
+        int status = upload_status(rc, &code, &msg);
+        srv_log(s, status == 503 ? LOG_WARN : LOG_ERROR, "media: cannot start an upload: %s",
+                strerror(-rc));
+        s->met->media_uploads_failed++;
+        reply_refusal(c, status, code, status == 503 ? "Retry-After: 1\r\n" : NULL, msg);
+        return -1;
+    }
+    s->met->media_uploads_active++;
+    *ctx = u;
+    return 0;
+}
+
 static int may_mint(srv *s, uint64_t uid, const char *id, const meta *m, int have_meta)
 {
     if (have_meta)
@@ -582,35 +882,11 @@ int media_rest(srv *s, uint64_t uid, const http_req *r, const uint8_t *body, siz
     *out = NULL;
     *code = 0;
     if (!strcmp(r->path, MEDIA_REST_PATH)) {
-        if (blen > s->cfg.max_media_bytes) { /* conn.c refuses it earlier */
-            *code = GW_ETOOLARGE;
-            snprintf(err, errlen, "media larger than max_media_bytes=%u",
-                     s->cfg.max_media_bytes);
-            return 413;
-        }
-        char ctype[MEDIA_CTYPE_MAX + 1], id[MEDIA_ID_LEN + 1];
-        clean_ctype(http_header_get(r, "Content-Type"), ctype);
-        int rc = media_store(s->cfg.data, body, blen, ctype, uid, id);
-        if (rc) {
-            srv_log(s, LOG_ERROR, "media: storing an upload of %zu bytes failed: %s",
-                    blen, strerror(-rc));
-            *code = GW_EINTERNAL;
-            snprintf(err, errlen, "storing the media failed");
-            return 500;
-        }
-        char dir[CFG_PATH + 32], obj[CFG_PATH + 128], mpath[CFG_PATH + 160];
-        obj_paths(s->cfg.data, id, dir, sizeof dir, obj, sizeof obj, mpath, sizeof mpath);
-        meta m;
-        if (read_meta(mpath, &m) == 0)
-            snprintf(ctype, sizeof ctype, "%s", m.ctype);
-        if (!signed_url(s, id, url, sizeof url)) {
-            *code = GW_EINTERNAL;
-            snprintf(err, errlen, "signing failed");
-            return 500;
-        }
-        *out = json_pack("{s:s, s:s, s:I, s:s}", "media_id", id, "url", url, "size",
-                         (json_int_t)blen, "content_type", ctype);
-        return 201;
+        /* Can't happen: conn.c streams every POST here to media_upload_sink,
+         * and rest.c answers other methods with 405. */
+        *code = GW_EINTERNAL;
+        snprintf(err, errlen, "uploads are streamed, not routed here");
+        return 500;
     }
     /* /api/v1/media/<id>/url */
     const char *p = r->path + sizeof MEDIA_REST_PATH - 1;

@@ -53,6 +53,58 @@ int media_url_id(const char *url, size_t len, char *id);
  * POST /api/v1/media, else max_http_body_bytes. */
 uint64_t media_body_limit(const srv *s, const http_req *r);
 
+/* ---- uploads: streamed into the store ----
+ * An upload is written to DATA/media/tmp-up-<pid>-<n> as it arrives while
+ * its SHA-256 is computed, then committed under its content address (see
+ * the contract in media.c). Memory per upload: this struct and a hash
+ * context, whatever the object's size. */
+typedef struct media_upload media_upload;
+
+/* 1 if r is an upload (POST /api/v1/media): conn.c streams its body to
+ * media_upload_sink instead of buffering it. */
+int media_is_upload(const http_req *r);
+
+/* Open an upload into the store under data_dir for at most limit bytes.
+ * ctype (may be NULL) and uploader go into the .meta at commit. 0 with *out
+ * (caller ends it with media_upload_commit or media_upload_discard), or
+ * -errno (media/ cannot be created, the temp file cannot be opened). */
+int media_upload_open(const char *data_dir, uint64_t limit, const char *ctype,
+                      uint64_t uploader, media_upload **out);
+
+/* Append the next bytes: hashed, and written to the temp file (in pieces of
+ * at most 64 KiB; writeback is started every few MiB so the final fsync has
+ * little left to do). 0, or -EFBIG past the limit, or the write's -errno
+ * (-ENOSPC, -EDQUOT, -EIO, ...). An error sticks: later calls return it. */
+int media_upload_write(media_upload *u, const uint8_t *p, size_t n);
+
+/* Bytes written so far. */
+uint64_t media_upload_size(const media_upload *u);
+
+/* Finish: fsync the temp file, rename it to DATA/media/<p>/<id> (or drop it
+ * when that object is already stored: same id, same bytes), fsync the
+ * directories, then write the .meta (content type kept from the first
+ * upload, uploader added). id receives the hex SHA-256 (MEDIA_ID_LEN + 1
+ * bytes). Frees u whatever the outcome; on failure nothing is left under
+ * the object's name and the temp file is removed. 0 or -errno (or the
+ * sticky write error). */
+int media_upload_commit(media_upload *u, char *id);
+
+/* Abandon: close and unlink the temp file, free u. NULL is a no-op. */
+void media_upload_discard(media_upload *u);
+
+/* The body sink of POST /api/v1/media (ctx: from media_upload_begin). Its
+ * end answers 201 {"media_id","url","size","content_type"}, or 413 (over
+ * max_media_bytes), 507 (no space), 500 (another I/O error), with a JSON
+ * error body. */
+extern const body_sink media_upload_sink;
+
+/* The head of an upload arrived on c (after conn.c's 413 check of a
+ * Content-Length over max_media_bytes). Checks the bearer token and opens
+ * the temp file. 0 with *ctx for media_upload_sink; or -1 after queueing
+ * the answer on c with Connection: close (401 bad token, 503 out of file
+ * descriptors, 507 no space, 500) — the body is then never read. */
+int media_upload_begin(conn *c, const http_req *r, void **ctx);
+
 /* Record that a committed message of conv_id carries media_url (called by
  * st_apply for every message, at start-up and live). URLs that are not ours
  * are ignored. Allocation failure drops the entry (the uploader can still
@@ -65,16 +117,18 @@ void media_forget_all(void);
 /* GET or HEAD /media/<id>?exp=&sig=: answer on c (200/206/403/404/416). */
 void media_serve(conn *c, const http_req *r, int keep_alive);
 
-/* /api/v1/media and /api/v1/media/<id>/url for authenticated user uid.
- * Returns the HTTP status; on success *out is the JSON answer (caller
- * decrefs), on failure *code is a GW_E* code and err the message. */
+/* GET /api/v1/media/<id>/url for authenticated user uid (uploads do not
+ * come here: media_upload_sink). Returns the HTTP status; on success *out
+ * is the JSON answer (caller decrefs), on failure *code is a GW_E* code and
+ * err the message. body is unused. */
 int media_rest(srv *s, uint64_t uid, const http_req *r, const uint8_t *body, size_t blen,
                json_t **out, int *code, char *err, size_t errlen);
 
-/* Write an object into the store under data_dir (crash-safe; see media.c).
- * id receives the hex SHA-256 (MEDIA_ID_LEN + 1 bytes). ctype and uploader
- * go into the .meta file; an existing object keeps its bytes and content
- * type and gains the uploader. 0 or -errno. */
+/* Write an object held in memory into the store under data_dir: open,
+ * write and commit an upload (crash-safe; see media.c). id receives the hex
+ * SHA-256 (MEDIA_ID_LEN + 1 bytes). ctype and uploader go into the .meta
+ * file; an existing object keeps its bytes and content type and gains the
+ * uploader. 0 or -errno. */
 int media_store(const char *data_dir, const uint8_t *data, size_t len, const char *ctype,
                 uint64_t uploader, char *id);
 

@@ -140,6 +140,14 @@ char *met_render(const met *m, uint64_t convs, uint64_t users, size_t *len)
     gauge(&b, "chatd_push_queue_depth", "push notifications queued or in flight",
           m->push_queue_depth);
     gauge(&b, "chatd_push_devices", "registered push devices", m->push_devices);
+    counter(&b, "chatd_media_uploads_total", "media uploads stored", m->media_uploads);
+    counter(&b, "chatd_media_upload_bytes_total", "bytes of media uploads stored",
+            m->media_upload_bytes);
+    counter(&b, "chatd_media_uploads_failed_total",
+            "media uploads refused after their head, cut short or failed", m->media_uploads_failed);
+    gauge(&b, "chatd_media_uploads_active", "media uploads being received", m->media_uploads_active);
+    gauge(&b, "chatd_http_input_buffer_peak_bytes",
+          "largest input buffer an HTTP connection has held", m->http_input_buffer_peak);
     gauge(&b, "chatd_conversations", "conversations", convs);
     gauge(&b, "chatd_users", "users known", users);
     *len = b.len;

@@ -31,6 +31,13 @@ typedef struct met {
     uint64_t push_queued, push_coalesced, push_sent, push_failed, push_retried;
     uint64_t push_dropped, push_rejected, push_skipped;
     uint64_t push_queue_depth, push_devices; /* gauges */
+    /* media uploads (media.c; docs/media.md) */
+    uint64_t media_uploads, media_upload_bytes, media_uploads_failed;
+    uint64_t media_uploads_active; /* gauge */
+    /* the largest input buffer any HTTP connection has held (gauge: a high
+     * water mark; uploads stream, so it stays near max_head_bytes +
+     * max_http_body_bytes whatever is uploaded) */
+    uint64_t http_input_buffer_peak;
     /* written by writer threads */
     uint64_t fsync_batches;   /* atomic */
     uint64_t fsync_records;   /* atomic */

@@ -10,6 +10,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "http.h"
+
+struct srv;
+
 enum rest_route {
     RT_CONVS = 1,    /* /api/v1/conversations */
     RT_CONV = 2,     /* /api/v1/conversations/:id */
@@ -29,5 +33,12 @@ int rest__ids(const json_t *a, const char *field, uint64_t **out, size_t *n,
 /* Every key of o is in allowed (NULL-terminated). */
 int rest__check_fields(const json_t *o, const char *const *allowed, char *err,
                        size_t errlen);
+
+/* The bearer token of r checked against s's secret: 0 with *uid, or -1
+ * with a static reason in *why (the 401 message). */
+int rest__bearer(struct srv *s, const http_req *r, uint64_t *uid, const char **why);
+/* 1 while conn_id has a REST request waiting for the engine or queued
+ * behind one: an answer sent now would overtake theirs. */
+int rest_conn_busy(uint64_t conn_id);
 
 #endif

@@ -155,15 +155,108 @@ TEST(http_too_many_headers_431)
     ASSERT_EQ(parse(s, sizeof s, &r), -431);
 }
 
-TEST(http_transfer_encoding_501)
+TEST(http_transfer_encoding_chunked_only)
 {
     http_req r;
-    ASSERT_EQ(parse("POST /m HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n",
-                    8192, &r), -501);
+    const char *ok = "POST /m HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n";
+    ASSERT_EQ(parse(ok, 8192, &r), strlen(ok));
+    ASSERT_EQ(r.chunked, 1);
+    ASSERT_EQ(r.content_length, 0);
+    ASSERT_EQ(parse("POST /m HTTP/1.1\r\ntransfer-encoding: CHUNKED\r\n\r\n", 8192, &r) > 0, 1);
+    ASSERT_EQ(r.chunked, 1);
+    /* Other codings: not implemented. */
     ASSERT_EQ(parse("POST /m HTTP/1.1\r\ntransfer-encoding: identity\r\n\r\n", 8192, &r),
               -501);
+    ASSERT_EQ(parse("POST /m HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", 8192, &r), -501);
+    /* chunked not alone, twice, with Content-Length (either order), in
+     * HTTP/1.0, or empty: faulty framing (the smuggling cases). */
+    ASSERT_EQ(parse("POST /m HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 8192, &r),
+              -400);
+    ASSERT_EQ(parse("POST /m HTTP/1.1\r\nTransfer-Encoding: chunked\r\n"
+                    "Transfer-Encoding: chunked\r\n\r\n", 8192, &r), -400);
     ASSERT_EQ(parse("POST /m HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
-                    8192, &r), -501);
+                    8192, &r), -400);
+    ASSERT_EQ(parse("POST /m HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+                    8192, &r), -400);
+    ASSERT_EQ(parse("POST /m HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 8192, &r), -400);
+    ASSERT_EQ(parse("POST /m HTTP/1.1\r\nTransfer-Encoding:\r\n\r\n", 8192, &r), -400);
+    const char *plain = "POST /m HTTP/1.1\r\nContent-Length: 3\r\n\r\n";
+    ASSERT_EQ(parse(plain, 8192, &r), strlen(plain));
+    ASSERT_EQ(r.chunked, 0);
+}
+
+/* Decode s (a whole chunked body, maybe followed by more) fed in pieces of
+ * at most step bytes. Returns bytes consumed when the body ended, or the
+ * negative error; out gets the data (NUL-terminated). */
+static int64_t dechunk(const char *s, size_t len, size_t step, char *out, size_t cap)
+{
+    http_chunked d;
+    http_chunked_init(&d);
+    size_t used = 0, o = 0;
+    for (int guard = 0; guard < 100000 && used < len && !http_chunked_done(&d); guard++) {
+        size_t n = len - used < step ? len - used : step;
+        while (n && !http_chunked_done(&d)) {
+            int is_data;
+            int64_t k = http_chunked_step(&d, (const uint8_t *)s + used, n, &is_data);
+            if (k < 0)
+                return k;
+            if (k == 0)
+                return -1; /* must consume while not done */
+            if (is_data) {
+                if (o + (size_t)k >= cap)
+                    return -2;
+                memcpy(out + o, s + used, (size_t)k);
+                o += (size_t)k;
+            }
+            used += (size_t)k;
+            n -= (size_t)k;
+        }
+    }
+    out[o] = 0;
+    return http_chunked_done(&d) ? (int64_t)used : -3;
+}
+
+TEST(http_chunked_decodes_in_any_split)
+{
+    const char body[] = "5\r\nhello\r\n1;ext=\"v\"\r\n \r\n00A \t;x\r\n0123456789\r\n"
+                        "0\r\nTrailer: yes\r\nOther: 1\r\n\r\nGET / HTTP/1.1";
+    size_t blen = sizeof body - 1, whole = blen - strlen("GET / HTTP/1.1");
+    char out[64];
+    for (size_t step = 1; step <= blen; step++) {
+        ASSERT_EQ(dechunk(body, blen, step, out, sizeof out), (int64_t)whole);
+        ASSERT_STR_EQ(out, "hello 0123456789");
+    }
+    ASSERT_EQ(dechunk("0\r\n\r\n", 5, 5, out, sizeof out), 5);
+    ASSERT_STR_EQ(out, "");
+    ASSERT_EQ(dechunk("000\r\n\r\n", 7, 1, out, sizeof out), 7);
+}
+
+TEST(http_chunked_rejects_bad_framing)
+{
+    char out[64];
+#define BAD(s) ASSERT_EQ(dechunk(s, sizeof s - 1, 3, out, sizeof out), -400)
+    BAD("\r\n");                 /* no size */
+    BAD("x\r\n");                /* not hex */
+    BAD("-1\r\n");
+    BAD("5\nhello\r\n0\r\n\r\n"); /* bare LF */
+    BAD("5\r\nhelloX\r\n");       /* data longer than its size */
+    BAD("5\r\nhello\rX");
+    BAD("1 2\r\n");               /* space inside the size */
+    BAD("1;a\x01\r\n");           /* control byte in an extension */
+    BAD("0\r\nBad\x01: x\r\n\r\n"); /* control byte in a trailer */
+    BAD("0\r\n\rX");
+    BAD("1000000000000000\r\n");  /* 16 hex digits: over the bound */
+#undef BAD
+    /* 15 digits is accepted as a size (the data then never comes). */
+    ASSERT_EQ(dechunk("fffffffffffffff\r\n", 18, 18, out, sizeof out), -3);
+    /* An endless extension or trailer is cut at its bound. */
+    static char big[HTTP_CHUNK_MAX_TRAILER + 64];
+    memcpy(big, "0\r\n", 3);
+    memset(big + 3, 'a', sizeof big - 3);
+    ASSERT_EQ(dechunk(big, sizeof big, 4096, out, sizeof out), -400);
+    memcpy(big, "1;", 2);
+    memset(big + 2, 'a', sizeof big - 2);
+    ASSERT_EQ(dechunk(big, sizeof big, 4096, out, sizeof out), -400);
 }
 
 TEST(http_version_505)

@@ -1,5 +1,7 @@
 /* Unit tests of media signing, Range parsing, URL ids and the blob store
  * (server/media.c). */
+#include <dirent.h>
+#include <errno.h>
 #include <openssl/sha.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -139,4 +141,110 @@ TEST(media_store_names_object_by_sha256)
     ASSERT(strstr(buf, "size: 11\n"));
     ASSERT(strstr(buf, "uploader: 7\n"));
     ASSERT(strstr(buf, "uploader: 8\n"));
+}
+
+/* Names of the tmp- files under dir/media (top level and <p>/). */
+static int count_tmp(const char *dir)
+{
+    char path[2048];
+    snprintf(path, sizeof path, "%s/media", dir);
+    DIR *d = opendir(path);
+    int n = 0;
+    if (!d)
+        return 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (!strncmp(e->d_name, "tmp-", 4))
+            n++;
+        else if (strlen(e->d_name) == 2 && e->d_name[0] != '.') {
+            char sub[2100];
+            snprintf(sub, sizeof sub, "%s/%s", path, e->d_name);
+            DIR *s2 = opendir(sub);
+            struct dirent *f;
+            while (s2 && (f = readdir(s2)))
+                n += !strncmp(f->d_name, "tmp-", 4);
+            if (s2)
+                closedir(s2);
+        }
+    }
+    closedir(d);
+    return n;
+}
+
+TEST(media_upload_streams_in_pieces_to_the_same_id)
+{
+    const char *dir = test_path(0, "data");
+    mkdir(dir, 0755);
+    static uint8_t data[300000];
+    for (size_t i = 0; i < sizeof data; i++)
+        data[i] = (uint8_t)(i * 131 + (i >> 9));
+    media_upload *u;
+    ASSERT_EQ(media_upload_open(dir, sizeof data, "video/mp4", 9, &u), 0);
+    ASSERT_EQ(count_tmp(dir), 1);
+    /* Uneven pieces, one larger than a single write. */
+    size_t off = 0, step = 1;
+    while (off < sizeof data) {
+        size_t n = sizeof data - off < step ? sizeof data - off : step;
+        ASSERT_EQ(media_upload_write(u, data + off, n), 0);
+        off += n;
+        step = step * 3 + 7;
+    }
+    ASSERT_EQ(media_upload_size(u), sizeof data);
+    char id[MEDIA_ID_LEN + 1], id2[MEDIA_ID_LEN + 1];
+    ASSERT_EQ(media_upload_commit(u, id), 0);
+    ASSERT_EQ(count_tmp(dir), 0);
+    ASSERT_EQ(media_store(dir, data, sizeof data, "text/plain", 10, id2), 0);
+    ASSERT_STR_EQ(id, id2);
+    ASSERT_EQ(count_tmp(dir), 0);
+    char path[2048];
+    snprintf(path, sizeof path, "%s/media/%.2s/%s.meta", dir, id, id);
+    FILE *f = fopen(path, "r");
+    ASSERT(f);
+    char buf[512] = {0};
+    size_t got = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    ASSERT(got > 0);
+    ASSERT(strstr(buf, "content_type: video/mp4\n"));
+    ASSERT(strstr(buf, "size: 300000\n"));
+    ASSERT(strstr(buf, "uploader: 9\n"));
+    ASSERT(strstr(buf, "uploader: 10\n"));
+}
+
+TEST(media_upload_over_limit_or_discarded_leaves_nothing)
+{
+    const char *dir = test_path(0, "data");
+    mkdir(dir, 0755);
+    media_upload *u;
+    ASSERT_EQ(media_upload_open(dir, 10, NULL, 1, &u), 0);
+    ASSERT_EQ(media_upload_write(u, (const uint8_t *)"0123456789", 10), 0);
+    ASSERT_EQ(media_upload_write(u, (const uint8_t *)"x", 1), -EFBIG);
+    /* The error sticks, and commit reports it and removes the temp file. */
+    ASSERT_EQ(media_upload_write(u, (const uint8_t *)"", 0), -EFBIG);
+    char id[MEDIA_ID_LEN + 1];
+    ASSERT_EQ(media_upload_commit(u, id), -EFBIG);
+    ASSERT_EQ(count_tmp(dir), 0);
+    ASSERT_EQ(media_upload_open(dir, 100, NULL, 1, &u), 0);
+    ASSERT_EQ(media_upload_write(u, (const uint8_t *)"partial", 7), 0);
+    ASSERT_EQ(count_tmp(dir), 1);
+    media_upload_discard(u);
+    media_upload_discard(NULL);
+    ASSERT_EQ(count_tmp(dir), 0);
+    /* No object directory was created for either. */
+    char path[2048];
+    snprintf(path, sizeof path, "%s/media", dir);
+    DIR *d = opendir(path);
+    ASSERT(d);
+    struct dirent *e;
+    int entries = 0;
+    while ((e = readdir(d)))
+        entries += e->d_name[0] != '.';
+    closedir(d);
+    ASSERT_EQ(entries, 0);
+}
+
+TEST(media_upload_open_fails_cleanly_without_a_data_dir)
+{
+    media_upload *u = (media_upload *)1;
+    ASSERT(media_upload_open("/nonexistent/chatlog-test/dir", 10, NULL, 1, &u) < 0);
+    ASSERT(u == NULL);
 }
