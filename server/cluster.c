@@ -61,7 +61,7 @@
 #include "raft.h"
 #include "state.h"
 
-#define CL_TICK_MS 20
+#define CL_TICK_MS 10
 #define CL_WAIT_MS 5000        /* a write waits this long for a leader */
 #define CL_ACK_MS 10000        /* and this long for its commit */
 #define CL_FRAME_SOFT (8u << 20) /* flush a peer's frame beyond this */
@@ -1104,6 +1104,12 @@ static void after(cluster *cl)
         apply(cl, sh);
         h->ready = h->role == RAFT_LEADER && ri.commit_offset >= h->noop_end &&
                    h->applied >= h->noop_end;
+        if (cl->hs[sh].acked_end && !ri.recovering) {
+            /* Caught up: it holds again all it had acknowledged. */
+            srv_log(cl->s, LOG_INFO, "cluster: shard %u: caught up; may vote and lead again", sh);
+            cl->hs[sh].acked_end = 0;
+            cl->hint_dirty = 1;
+        }
         /* The commit hint lets a restart rebuild the state before a leader
          * speaks; it is saved lazily. */
         if (h->applied > cl->hs[sh].commit_hint) {
@@ -1439,6 +1445,51 @@ typedef struct desc_ctx {
     int oom;
 } desc_ctx;
 
+/* Where a shard's log stops being trustworthy: the first offset of damage
+ * recovery found and fenced (a torn tail was already cut and is not
+ * damage). UINT64_MAX if none. */
+typedef struct dmg_ctx {
+    uint32_t shard;
+    uint64_t first;
+} dmg_ctx;
+
+static void dmg_cb(void *arg, const log_damage *d)
+{
+    dmg_ctx *x = arg;
+    if (d->shard != x->shard || d->torn_tail)
+        return;
+    /* Without a known offset, distrust the whole segment. */
+    uint64_t from = d->first_offset ? d->first_offset : d->seg_base;
+    if (d->first_offset == 0 && d->end_offset == 0)
+        from = d->seg_base;
+    if (from < x->first)
+        x->first = from;
+}
+
+/* A replica with damaged data in the middle of a shard's log drops the log
+ * from the damage on and fetches it again from the leader, as a replica
+ * that lost a suffix does: it neither votes nor leads the shard until it
+ * holds again everything it held before (acked_end). Returns the new
+ * acked_end (0: nothing damaged), or a negative error. */
+static int64_t cut_damage(cluster *cl, uint32_t sh)
+{
+    dmg_ctx x = {sh, UINT64_MAX};
+    log_damage_each(cl->s->log, dmg_cb, &x);
+    if (x.first == UINT64_MAX)
+        return 0;
+    uint64_t next = 0;
+    log_shard_ends(cl->s->log, sh, &next, NULL);
+    srv_log(cl->s, LOG_WARN,
+            "cluster: shard %u: damaged data from offset %llu: dropping records %llu..%llu "
+            "to fetch them again from the other nodes",
+            sh, (unsigned long long)x.first, (unsigned long long)x.first,
+            (unsigned long long)(next ? next - 1 : 0));
+    int rc = log_truncate_from(cl->s->log, sh, x.first);
+    if (rc)
+        return rc;
+    return (int64_t)(next > x.first ? next : x.first + 1);
+}
+
 static void desc_cb(void *arg, uint64_t first, uint32_t count, uint64_t term)
 {
     desc_ctx *d = arg;
@@ -1508,6 +1559,15 @@ int cluster_start(srv *s)
     uint64_t now = mono_ms();
     for (uint32_t sh = 0; sh < cl->nshards; sh++) {
         hs_ent *e = &cl->hs[sh];
+        int64_t lost = cut_damage(cl, sh);
+        if (lost < 0) {
+            srv_log(s, LOG_ERROR, "cluster: shard %u: cannot drop damaged data: %s", sh,
+                    cl_strerror((int)lost));
+            free(upto);
+            return -1;
+        }
+        if ((uint64_t)lost > e->acked_end)
+            e->acked_end = (uint64_t)lost;
         desc_ctx d = {0};
         rc = log_batch_each(s->log, sh, desc_cb, &d);
         uint64_t next = 0, durable = 0;
