@@ -412,7 +412,8 @@ static void link_close(cnet_link *l, const char *why)
     }
     /* We dial this peer: try again, later each time while it fails. The
      * callback above may have set a new address and dialed already. */
-    if (!n->freeing && l->dialer && !s->up && !s->dial) {
+    if (!n->freeing && l->dialer && !s->up && !s->dial &&
+        !evtimer_pending(s->redial, NULL)) {
         uint32_t d = s->backoff_ms;
         s->backoff_ms = d * 2 > CNET_BACKOFF_MAX_MS ? CNET_BACKOFF_MAX_MS : d * 2;
         schedule_dial(s, d / 2 + (uint32_t)(rng_next(n) % (d / 2 + 1)));
