@@ -24,6 +24,7 @@ const char *rec_type_name(int type)
     case REC_READ_POINTER: return "read_pointer";
     case REC_EDIT: return "edit";
     case REC_DELETE: return "delete";
+    case REC_NOOP: return "noop";
     }
     return NULL;
 }
@@ -221,6 +222,9 @@ int json_write_body(FILE *f, int type, const uint8_t *body, size_t len)
         chatlog__log__v1__delete__free_unpacked(m, NULL);
         return 0;
     }
+    case REC_NOOP:
+        fputs("{}", f); /* no body: a Raft leader's first batch of its term */
+        return len == 0 ? 0 : -1;
     }
     return -1;
 }

@@ -17,7 +17,9 @@
  *  40  i64  ts_ms         wall-clock time the batch was formed (ms)
  *  48  records, record_count of them, back to back:
  *        0  u32  rec_len     44 + key_len + body_len
- *        4  u8   type        1 .. REC_TYPE_MAX (enum rec_type)
+ *        4  u8   type        1 .. REC_TYPE_MAX (enum rec_type; 7 is the
+ *                            Raft no-op: conv_id, msg_id, sender_id 0, no
+ *                            key or body, in any shard)
  *        5  u8   flags       0
  *        6  u16  key_len     0 .. 255 (the idempotency key, client_msg_id)
  *        8  u64  conv_id
@@ -146,6 +148,13 @@ int batch_verify_at(const uint8_t *buf, size_t len, uint32_t shard_id,
     if (out->shard_id != shard_id || out->first_offset != first_offset)
         return CL_EMISPLACED;
     return 0;
+}
+
+void batch_set_flags(uint8_t *buf, const batch_header *h, uint16_t flags)
+{
+    size_t body_end = h->length - BATCH_TRAILER_SIZE;
+    put_u16(buf + 6, flags);
+    put_u64(buf + body_end, XXH3_64bits(buf, body_end));
 }
 
 int batch_next_record(const uint8_t *buf, const batch_header *h, size_t *pos,

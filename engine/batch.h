@@ -45,7 +45,12 @@ enum rec_type {
     REC_READ_POINTER = 4,
     REC_EDIT = 5,
     REC_DELETE = 6,
-    REC_TYPE_MAX = 6,
+    /* Raft no-op: written by a new leader as the first batch of its term
+     * (Raft section 8). No chat data: conv_id, msg_id and sender_id 0, no key,
+     * no body. It belongs to no conversation (the index, the msg_id
+     * sequences and the message counts ignore it) and may sit in any shard. */
+    REC_NOOP = 7,
+    REC_TYPE_MAX = 7,
 };
 
 typedef struct rec_view {
@@ -98,6 +103,14 @@ int batch_verify(const uint8_t *buf, size_t len, batch_header *out);
  * from: its shard id and first offset. Returns CL_EMISPLACED if not. */
 int batch_verify_at(const uint8_t *buf, size_t len, uint32_t shard_id,
                     uint64_t first_offset, batch_header *out);
+
+/* Rewrite the flags of a batch that batch_verify accepted and recompute its
+ * checksum in place (the GROUP_END flag is a property of the local write,
+ * restamped when received batches are written). */
+void batch_set_flags(uint8_t *buf, const batch_header *h, uint16_t flags);
+
+/* Bytes of the batch log_noop_batch (log.h) encodes. */
+#define LOG_NOOP_BATCH_BYTES (BATCH_OVERHEAD + RECORD_HEADER_SIZE)
 
 /* Iterate the records of a verified batch. *pos starts at 0; each call fills
  * *rec and returns 0, or returns 1 after the last record. Only valid on a

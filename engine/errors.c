@@ -18,6 +18,8 @@ const char *cl_strerror(int err)
     case CL_ENOMEM: return "out of memory";
     case CL_EBUSY: return "too many pending appends";
     case CL_EDAMAGED: return "shard has unrepaired damage; writes refused";
+    case CL_ESTALE: return "written in an older term; not the leader";
+    case CL_ETIMEDOUT: return "timed out; the outcome is unknown";
     }
     if (err < 0 && err > -4096)
         return strerror(-err);

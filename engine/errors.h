@@ -21,6 +21,10 @@ enum {
     CL_EBUSY = -30011,      /* too many appends pending (back-pressure) */
     CL_EDAMAGED = -30012,   /* unrepaired damage of unknown content: writes
                                refused so that no msg_id is reused */
+    CL_ESTALE = -30013,     /* an append fenced by a term older than the
+                               shard's: this node no longer leads it */
+    CL_ETIMEDOUT = -30014,  /* gave up waiting (e.g. for a commit): the
+                               outcome is unknown */
 };
 
 /* A static, human-readable description of any code (project or -errno). */

@@ -184,14 +184,41 @@ int sidecar_load(io_vfs *io, const char *path, uint32_t shard_id,
                  side_ent **out, uint64_t *n);
 
 /* ---- shards ---- */
+
+/* A log_write_batches call, split into chunks of at most max_batch_bytes
+ * (whole batches) queued back to back; the last chunk runs the callback. */
+typedef struct wchain {
+    int err; /* writer thread only: the first failure of a chunk */
+    log_write_cb cb;
+    void *arg;
+} wchain;
+
+enum { PK_APPEND = 0, PK_WRITE = 1 };
+
+/* One queue entry: an appended record or a chunk of received batches. */
 typedef struct pending {
     struct pending *next;
-    rec_view rec; /* key/body point into data[] */
+    uint8_t kind;   /* PK_* */
+    uint8_t fenced; /* log_append_in_term: term holds the fence */
+    uint8_t cut;    /* PK_WRITE, writer: cut the log at offset first */
+    uint8_t last;   /* PK_WRITE: the chain's last chunk */
+    int status;     /* writer: refused at take time (CL_ESTALE, ...) */
+    rec_view rec;   /* PK_APPEND: key/body point into data[] */
     log_append_cb cb;
     void *arg;
-    uint64_t offset;
-    uint32_t size; /* encoded record size */
-    uint8_t data[];
+    uint64_t offset; /* PK_APPEND: assigned offset; PK_WRITE: at_offset */
+    uint64_t term;   /* PK_APPEND: the fence, then the term written with */
+    uint64_t batch_first; /* PK_APPEND: its batch, set at encoding */
+    uint32_t batch_count;
+    uint32_t batch_idx;   /* index in that batch */
+    uint64_t wpos;        /* position of its batch (PK_WRITE: its first
+                             batch) in the group's write */
+    uint32_t size; /* PK_APPEND: encoded record size; PK_WRITE: bytes */
+    uint32_t nrecs;     /* PK_WRITE: records in the chunk */
+    uint64_t end;       /* PK_WRITE: offset after the chunk */
+    uint64_t max_term;  /* PK_WRITE: highest batch term in the chunk */
+    wchain *chain;      /* PK_WRITE */
+    uint8_t data[];     /* PK_APPEND: key, body; PK_WRITE: the batches */
 } pending;
 
 struct shard {
@@ -213,9 +240,11 @@ struct shard {
     seg **segs;
     uint32_t nsegs, capsegs;
     conv_table convs;
-    uint64_t next_offset;    /* writer: next offset to assign */
+    uint64_t next_offset;    /* writer: next offset to assign; changed
+                                under lock (exclusive) */
     uint64_t durable_offset; /* published */
-    uint64_t term;
+    uint64_t term;           /* under qmu: log_set_term and the writer's
+                                fence check must be atomic */
     int64_t last_ts;
     uint64_t records, messages;
     uint64_t gen; /* bumped by truncation and segment swaps */
@@ -239,9 +268,10 @@ typedef struct done_group {
     struct done_group *next;
     shard *s;
     pending *list;
-    uint32_t count;
+    uint32_t count; /* queue entries in list */
+    uint32_t nents; /* records in ents */
     int status;
-    log_entry ents[]; /* count entries when status is 0 */
+    log_entry ents[]; /* nents entries when status is 0 */
 } done_group;
 
 struct log {

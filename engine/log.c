@@ -369,13 +369,46 @@ static void *sealer_main(void *arg)
 
 /* ---- the writer ---- */
 
+static int shard_cut(shard *s, uint64_t offset);
+
+/* Free one queue entry (and a write chain with its last chunk). */
+static void pending_free(pending *p)
+{
+    if (p->kind == PK_WRITE && p->last)
+        free(p->chain);
+    free(p);
+}
+
+/* Call an entry's callback with status (res for a successful append). */
+static void pending_done(pending *p, int status, const log_append_result *res)
+{
+    if (p->kind == PK_APPEND) {
+        if (p->cb)
+            p->cb(p->arg, status, status ? NULL : res);
+    } else if (p->last) {
+        if (status == 0 && p->chain->err)
+            status = p->chain->err;
+        if (p->chain->cb)
+            p->chain->cb(p->chain->arg, status, status ? 0 : p->end);
+    }
+}
+
+/* Writer thread: remember that a chunk of a write chain failed, so that its
+ * later chunks fail too (and the last one reports it). */
+static void chain_fail(pending *list, int err)
+{
+    for (pending *p = list; p; p = p->next)
+        if (p->kind == PK_WRITE && !p->chain->err)
+            p->chain->err = p->status ? p->status : err;
+}
+
 static void fail_list(pending *p, int err)
 {
+    chain_fail(p, err);
     while (p) {
         pending *next = p->next;
-        if (p->cb)
-            p->cb(p->arg, err, NULL);
-        free(p);
+        pending_done(p, p->status ? p->status : err, NULL);
+        pending_free(p);
         p = next;
     }
 }
@@ -420,9 +453,11 @@ static void fail_group(shard *s, done_group *g, pending *list, uint32_t count,
         fail_list(list, err);
         return;
     }
+    chain_fail(list, err);
     g->s = s;
     g->list = list;
     g->count = count;
+    g->nents = 0;
     g->status = err;
     complete_group(s, g);
 }
@@ -431,16 +466,15 @@ static void fail_group(shard *s, done_group *g, pending *list, uint32_t count,
 static void run_group(log_t *log, done_group *g)
 {
     shard *s = g->s;
-    if (g->status == 0 && log->opt.on_commit)
-        log->opt.on_commit(log->opt.commit_arg, s->id, g->ents, g->count);
+    if (g->status == 0 && g->nents && log->opt.on_commit)
+        log->opt.on_commit(log->opt.commit_arg, s->id, g->ents, g->nents);
     for (pending *p = g->list, *pn; p; p = pn) {
         pn = p->next;
-        log_append_result res = {s->id, p->offset, p->rec.msg_id, p->rec.ts_ms, 0};
-        if (g->status == 0 && g->count)
-            res.term = g->ents[0].term;
-        if (p->cb)
-            p->cb(p->arg, g->status, g->status ? NULL : &res);
-        free(p);
+        int status = p->status ? p->status : g->status;
+        log_append_result res = {s->id, p->offset, p->rec.msg_id, p->rec.ts_ms,
+                                 p->term, p->batch_first, p->batch_count};
+        pending_done(p, status, &res);
+        pending_free(p);
     }
     free(g);
 }
@@ -487,6 +521,12 @@ static int roll_segment(shard *s)
     return rc;
 }
 
+static int accepted(const pending *p) { return p->status == 0; }
+
+/* Encode the group into s->wbuf: runs of appends of one term as batches of
+ * at most BATCH_MAX_RECORDS, received chunks copied. GROUP_END is cleared
+ * everywhere and set on the write's last batch (checksums recomputed).
+ * Fills each entry's batch fields and wpos. */
 static int encode_group(shard *s, pending *list, size_t total, int64_t now)
 {
     if (s->wcap < total) {
@@ -497,52 +537,286 @@ static int encode_group(shard *s, pending *list, size_t total, int64_t now)
         s->wcap = total;
     }
     rec_view views[256];
-    size_t pos = 0;
+    size_t pos = 0, last_batch = SIZE_MAX;
     pending *p = list;
     while (p) {
+        if (!accepted(p)) {
+            p = p->next;
+            continue;
+        }
+        if (p->kind == PK_WRITE) {
+            p->wpos = pos;
+            size_t q = 0;
+            while (q < p->size) {
+                batch_header h;
+                uint8_t *b = s->wbuf + pos + q;
+                memcpy(b, p->data + q, BATCH_HEADER_SIZE);
+                if (batch_peek_header(b, &h))
+                    return CL_ECORRUPT; /* verified at call time */
+                memcpy(b, p->data + q, h.length);
+                if (h.flags & BATCH_FLAG_GROUP_END)
+                    batch_set_flags(b, &h, 0);
+                last_batch = pos + q;
+                q += h.length;
+            }
+            pos += p->size;
+            p = p->next;
+            continue;
+        }
+        /* A run of accepted appends of one term. */
         batch_header h = {.shard_id = s->id, .first_offset = p->offset,
-                          .term = s->term, .ts_ms = now};
-        /* Encode in chunks of views[] into one batch of <= BATCH_MAX_RECORDS:
-         * batch_encode needs all records at once, so gather them first. */
+                          .term = p->term, .ts_ms = now};
         uint32_t n = 0;
         pending *q = p;
-        while (q && n < BATCH_MAX_RECORDS) {
+        for (; q && n < BATCH_MAX_RECORDS; q = q->next) {
+            if (!accepted(q))
+                continue;
+            if (q->kind != PK_APPEND || q->term != p->term)
+                break;
             n++;
-            q = q->next;
         }
         rec_view *vs = n <= 256 ? views : malloc(n * sizeof *vs);
         if (!vs)
             return CL_ENOMEM;
-        for (uint32_t i = 0; i < n; i++, p = p->next)
-            vs[i] = p->rec;
-        if (!p)
-            h.flags = BATCH_FLAG_GROUP_END; /* the write's last batch */
+        uint32_t i = 0;
+        for (pending *r = p; r != q; r = r->next) {
+            if (!accepted(r))
+                continue;
+            r->batch_first = p->offset;
+            r->batch_count = n;
+            r->batch_idx = i;
+            r->wpos = pos;
+            vs[i++] = r->rec;
+        }
+        last_batch = pos;
         pos += batch_encode(s->wbuf + pos, &h, vs, n);
         if (vs != views)
             free(vs);
+        p = q;
     }
-    return pos == total ? 0 : CL_ECORRUPT;
+    if (pos != total)
+        return CL_ECORRUPT;
+    if (last_batch != SIZE_MAX) {
+        batch_header h;
+        if (batch_peek_header(s->wbuf + last_batch, &h))
+            return CL_ECORRUPT;
+        batch_set_flags(s->wbuf + last_batch, &h, BATCH_FLAG_GROUP_END);
+    }
+    return 0;
 }
 
-static void process_group(shard *s, pending *list, uint32_t count)
+/* The bytes encode_group will write. */
+static size_t group_bytes(const pending *list)
+{
+    size_t total = 0;
+    uint32_t run = 0;
+    const pending *prev = NULL;
+    for (const pending *p = list; p; p = p->next) {
+        if (!accepted(p))
+            continue;
+        if (p->kind == PK_WRITE) {
+            total += p->size;
+        } else {
+            if (prev && prev->kind == PK_APPEND && prev->term == p->term &&
+                run < BATCH_MAX_RECORDS) {
+                run++;
+            } else {
+                run = 1;
+                total += BATCH_OVERHEAD;
+            }
+            total += p->size;
+        }
+        prev = p;
+    }
+    return total;
+}
+
+/* Undo the msg_ids a failed group took (the lowest one of each conversation
+ * wins, so the order does not matter). */
+static void unassign_locked(shard *s, pending *list)
+{
+    for (pending *p = list; p; p = p->next) {
+        if (!accepted(p))
+            continue;
+        if (p->kind == PK_APPEND) {
+            if (p->rec.type == REC_MESSAGE && p->rec.msg_id) {
+                conv *c = idx_find(&s->convs, p->rec.conv_id);
+                if (c && c->assigned >= p->rec.msg_id)
+                    c->assigned = p->rec.msg_id - 1;
+            }
+            continue;
+        }
+        for (size_t q = 0; q < p->size;) {
+            batch_header h;
+            batch_peek_header(p->data + q, &h);
+            size_t rp = 0;
+            rec_view r;
+            while (batch_next_record(p->data + q, &h, &rp, &r) == 0) {
+                if (r.type != REC_MESSAGE)
+                    continue;
+                conv *c = idx_find(&s->convs, r.conv_id);
+                if (c && c->assigned >= r.msg_id)
+                    c->assigned = r.msg_id - 1;
+            }
+            q += h.length;
+        }
+    }
+}
+
+/* Assign offsets, msg_ids and timestamps (appends), take the given msg_ids
+ * (received chunks: each must continue its conversation). Caller holds the
+ * lock exclusively. */
+static int assign_locked(shard *s, pending *list, int64_t *now)
+{
+    for (pending *p = list; p; p = p->next) {
+        if (!accepted(p))
+            continue;
+        if (p->kind == PK_APPEND) {
+            p->offset = s->next_offset++;
+            if (p->rec.ts_ms == 0)
+                p->rec.ts_ms = *now;
+            if (p->rec.type == REC_MESSAGE) {
+                conv *c = idx_get(&s->convs, p->rec.conv_id);
+                if (!c)
+                    return CL_ENOMEM;
+                p->rec.msg_id = ++c->assigned;
+            }
+            continue;
+        }
+        if (p->offset != s->next_offset)
+            return CL_EINVAL; /* can't happen: planned at take time */
+        for (size_t q = 0; q < p->size;) {
+            batch_header h;
+            batch_peek_header(p->data + q, &h);
+            size_t rp = 0;
+            rec_view r;
+            while (batch_next_record(p->data + q, &h, &rp, &r) == 0) {
+                if (r.ts_ms > *now)
+                    *now = r.ts_ms;
+                if (r.type != REC_MESSAGE)
+                    continue;
+                conv *c = idx_get(&s->convs, r.conv_id);
+                if (!c)
+                    return CL_ENOMEM;
+                if (r.msg_id != c->assigned + 1)
+                    return CL_EINVAL; /* not the conversation's next id */
+                c->assigned = r.msg_id;
+            }
+            q += h.length;
+        }
+        s->next_offset = p->end;
+    }
+    return 0;
+}
+
+/* Publish a durable group to the index and fill ents; caller holds the lock
+ * exclusively. Returns the number of entries, *idx_err on failure to index
+ * (the shard must then fail). */
+static uint32_t publish_locked(shard *s, seg *act, pending *list,
+                               log_entry *ents, int *idx_err)
+{
+    uint64_t base = act->raw_size;
+    uint32_t k = 0;
+    for (pending *p = list; p; p = p->next) {
+        if (!accepted(p))
+            continue;
+        if (p->kind == PK_APPEND) {
+            if (p->batch_idx == 0)
+                seg_sparse_add(act, p->batch_first, base + p->wpos);
+            if (p->rec.type == REC_MESSAGE) {
+                conv *c = idx_find(&s->convs, p->rec.conv_id);
+                /* Allocation failure here would desynchronise the index from
+                 * the log; fail the shard rather than serve wrong reads. */
+                if (!c || c->n + 1 != p->rec.msg_id ||
+                    idx_push(c, loc_pack(act->ord, base + p->wpos, p->batch_idx)))
+                    *idx_err = CL_ENOMEM;
+                s->messages++;
+            }
+            ents[k++] = (log_entry){s->id, p->offset, p->term, p->rec};
+            continue;
+        }
+        for (size_t q = 0; q < p->size;) {
+            batch_header h;
+            batch_peek_header(p->data + q, &h);
+            uint64_t bpos = base + p->wpos + q;
+            seg_sparse_add(act, h.first_offset, bpos);
+            size_t rp = 0;
+            rec_view r;
+            for (uint32_t i = 0; batch_next_record(p->data + q, &h, &rp, &r) == 0; i++) {
+                if (r.type == REC_MESSAGE) {
+                    conv *c = idx_find(&s->convs, r.conv_id);
+                    if (!c || c->n + 1 != r.msg_id ||
+                        idx_push(c, loc_pack(act->ord, bpos, i)))
+                        *idx_err = CL_ENOMEM;
+                    s->messages++;
+                }
+                ents[k++] = (log_entry){s->id, h.first_offset + i, h.term, r};
+            }
+            q += h.length;
+        }
+    }
+    return k;
+}
+
+static void set_failed(shard *s, int rc)
+{
+    pthread_mutex_lock(&s->qmu);
+    if (!s->failed)
+        s->failed = rc;
+    pthread_mutex_unlock(&s->qmu);
+}
+
+/* Write one group: list holds count queue entries (some refused already,
+ * status set), nrec records to write. A PK_WRITE entry marked cut comes
+ * first among the accepted ones. */
+static void process_group(shard *s, pending *list, uint32_t count, uint32_t nrec)
 {
     log_t *log = s->log;
     io_vfs *io = log->io;
     int rc = s->failed;
     /* The group object (with room for on_commit's entries) is made before
      * anything is written, so that a durable group can always be completed. */
-    done_group *g = malloc(sizeof *g + (size_t)count * sizeof(log_entry));
+    done_group *g = malloc(sizeof *g + (size_t)nrec * sizeof(log_entry));
     if (rc || !g) {
         fail_group(s, g, list, count, rc ? rc : CL_ENOMEM);
+        return;
+    }
+    for (pending *p = list; p; p = p->next)
+        if (accepted(p) && p->kind == PK_WRITE && p->cut) {
+            /* Remove the suffix the received batches replace; durable
+             * before anything is written after it. */
+            rc = shard_cut(s, p->offset);
+            if (rc == CL_EINVAL) {
+                p->status = rc; /* only this write fails */
+                p->chain->err = rc;
+                rc = 0;
+            }
+            break;
+        }
+    if (rc) {
+        log__msg(log, LOG_ERROR, "shard %u: cutting the log for received "
+                 "batches failed: %s", s->id, cl_strerror(rc));
+        fail_group(s, g, list, count, rc);
         return;
     }
     int64_t now = util_now_ms();
     if (now < s->last_ts)
         now = s->last_ts;
-    uint32_t nbatches = (count + BATCH_MAX_RECORDS - 1) / BATCH_MAX_RECORDS;
-    size_t total = (size_t)nbatches * BATCH_OVERHEAD;
+    size_t total = group_bytes(list);
+    nrec = 0;
     for (pending *p = list; p; p = p->next)
-        total += p->size;
+        if (accepted(p))
+            nrec += p->kind == PK_APPEND ? 1 : p->nrecs;
+    if (nrec == 0) {
+        /* Nothing to write (a truncation only, or every entry refused). */
+        g->s = s;
+        g->list = list;
+        g->count = count;
+        g->nents = 0;
+        g->status = 0;
+        complete_group(s, g);
+        return;
+    }
 
     seg *act = s->segs[s->nsegs - 1];
     if (act->raw_size > 0 && act->raw_size + total > log->opt.segment_bytes) {
@@ -555,22 +829,9 @@ static void process_group(shard *s, pending *list, uint32_t count)
         act = s->segs[s->nsegs - 1];
     }
 
-    /* Assign offsets, msg_ids and timestamps. */
     uint64_t first = s->next_offset;
     pthread_rwlock_wrlock(&s->lock); /* idx_get may insert */
-    for (pending *p = list; p; p = p->next) {
-        p->offset = s->next_offset++;
-        if (p->rec.ts_ms == 0)
-            p->rec.ts_ms = now;
-        if (p->rec.type == REC_MESSAGE) {
-            conv *c = idx_get(&s->convs, p->rec.conv_id);
-            if (!c) {
-                rc = CL_ENOMEM;
-                break;
-            }
-            p->rec.msg_id = ++c->assigned;
-        }
-    }
+    rc = assign_locked(s, list, &now);
     pthread_rwlock_unlock(&s->lock);
     if (rc == 0)
         rc = encode_group(s, list, total, now);
@@ -580,7 +841,7 @@ static void process_group(shard *s, pending *list, uint32_t count)
         rc = io->fdatasync(act->f);
 
     if (rc) {
-        int sticky = rc != -ENOSPC && rc != CL_ENOMEM;
+        int sticky = rc != -ENOSPC && rc != CL_ENOMEM && rc != CL_EINVAL;
         /* Put the log back as it was: drop what may have been written and
          * hand the msg_ids out again. */
         int trc = io->truncate(act->f, act->raw_size);
@@ -591,76 +852,120 @@ static void process_group(shard *s, pending *list, uint32_t count)
             rc = trc;
         }
         pthread_rwlock_wrlock(&s->lock);
-        for (pending *p = list; p; p = p->next)
-            if (p->rec.type == REC_MESSAGE && p->rec.msg_id) {
-                conv *c = idx_find(&s->convs, p->rec.conv_id);
-                if (c && c->assigned >= p->rec.msg_id)
-                    c->assigned = p->rec.msg_id - 1;
-            }
+        unassign_locked(s, list);
         s->next_offset = first;
-        if (sticky && !s->failed) {
-            pthread_mutex_lock(&s->qmu);
-            s->failed = rc;
-            pthread_mutex_unlock(&s->qmu);
-        }
+        if (sticky)
+            set_failed(s, rc);
         pthread_rwlock_unlock(&s->lock);
         log__msg(log, sticky ? LOG_ERROR : LOG_WARN,
-                 "shard %u: group of %u appends failed: %s%s", s->id, count,
+                 "shard %u: group of %u entries failed: %s%s", s->id, count,
                  cl_strerror(rc), sticky ? "; shard is now read-only" : "");
         fail_group(s, g, list, count, rc);
         return;
     }
 
     /* Durable: publish, then tell the stream and the callers. */
-    log_entry *ents = g->ents;
     int idx_err = 0;
     pthread_rwlock_wrlock(&s->lock);
-    uint64_t pos = act->raw_size;
-    pending *p = list;
-    uint32_t k = 0;
-    for (uint32_t b = 0; b < nbatches; b++) {
-        uint32_t nrec = count - b * BATCH_MAX_RECORDS;
-        if (nrec > BATCH_MAX_RECORDS)
-            nrec = BATCH_MAX_RECORDS;
-        seg_sparse_add(act, p->offset, pos);
-        uint64_t bpos = pos;
-        pos += BATCH_OVERHEAD;
-        for (uint32_t i = 0; i < nrec; i++, p = p->next, k++) {
-            if (p->rec.type == REC_MESSAGE) {
-                conv *c = idx_find(&s->convs, p->rec.conv_id);
-                /* Allocation failure here would desynchronise the index from
-                 * the log; fail the shard rather than serve wrong reads. */
-                if (!c || c->n + 1 != p->rec.msg_id ||
-                    idx_push(c, loc_pack(act->ord, bpos, i)))
-                    idx_err = CL_ENOMEM;
-                s->messages++;
-            }
-            pos += p->size;
-            ents[k] = (log_entry){s->id, p->offset, s->term, p->rec};
-        }
-    }
+    uint32_t k = publish_locked(s, act, list, g->ents, &idx_err);
     act->raw_size += total;
     act->disk_bytes = act->raw_size;
     act->end = s->next_offset;
-    act->records += count;
-    s->records += count;
+    act->records += k;
+    s->records += k;
     s->durable_offset = s->next_offset;
     s->last_ts = now;
     pthread_rwlock_unlock(&s->lock);
-    if (idx_err) {
-        /* The group is durable but the index could not take it: fail the
-         * shard rather than serve reads that disagree with the log. */
-        pthread_mutex_lock(&s->qmu);
-        if (!s->failed)
-            s->failed = idx_err;
-        pthread_mutex_unlock(&s->qmu);
-    }
+    if (idx_err)
+        set_failed(s, idx_err); /* durable, but the index could not take it */
 
     g->s = s;
     g->list = list;
     g->count = count;
+    g->nents = k;
     g->status = 0;
     complete_group(s, g);
+}
+
+/* Take the next group off the queue (caller holds qmu): entries while they
+ * fit in max_batch_bytes (at least one). Decides here, atomically with
+ * log_set_term, which fenced appends are refused, and plans each received
+ * chunk against the offsets the group reaches. *nrec gets the records to
+ * write. */
+static pending *take_group(shard *s, uint32_t *count_out, uint32_t *nrec_out)
+{
+    log_t *log = s->log;
+    pending *head = s->qhead, *tail = NULL, *p = head;
+    uint64_t bytes = 0, running = s->next_offset, term = s->term;
+    uint32_t count = 0, nrec = 0, run = 0, naccepted = 0;
+    uint64_t run_term = 0;
+    int run_open = 0;
+    while (p) {
+        uint64_t add = 0;
+        int status = 0;
+        if (p->kind == PK_APPEND) {
+            if (p->fenced && p->term != term)
+                status = CL_ESTALE;
+            else {
+                int fresh = !run_open || run_term != term || run == BATCH_MAX_RECORDS;
+                add = p->size + (fresh ? BATCH_OVERHEAD : 0);
+            }
+        } else if (p->chain->err) {
+            status = p->chain->err;
+        } else if (p->offset > running) {
+            status = CL_EINVAL;
+        } else {
+            if (p->offset < running && naccepted)
+                break; /* the cut must come first in its group */
+            add = p->size;
+        }
+        if (count && status == 0 && bytes + add > log->opt.max_batch_bytes)
+            break;
+        /* Taken. */
+        p->status = status;
+        if (status == 0) {
+            naccepted++;
+            bytes += add;
+            if (p->kind == PK_APPEND) {
+                p->term = term;
+                if (!run_open || run_term != term || run == BATCH_MAX_RECORDS) {
+                    run = 0;
+                    run_open = 1;
+                    run_term = term;
+                }
+                run++;
+                running++;
+                nrec++;
+            } else {
+                p->cut = p->offset < running;
+                run_open = 0;
+                running = p->end;
+                nrec += p->nrecs;
+                if (p->max_term > term)
+                    term = p->max_term;
+            }
+        } else if (p->kind == PK_WRITE) {
+            p->chain->err = status;
+        }
+        count++;
+        tail = p;
+        p = p->next;
+        if (status == 0 && tail->kind == PK_WRITE && tail->cut)
+            break; /* a cut is planned alone: it may fail */
+    }
+    s->qhead = tail->next;
+    if (!s->qhead)
+        s->qtail = NULL;
+    tail->next = NULL;
+    s->qlen -= count;
+    for (pending *q = head; q; q = q->next)
+        s->qbytes -= q->size;
+    /* Terms never decrease along the log: from now on the shard's term is at
+     * least that of the batches just taken. */
+    s->term = term;
+    *count_out = count;
+    *nrec_out = nrec;
+    return head;
 }
 
 static void *writer_main(void *arg)
@@ -687,26 +992,11 @@ static void *writer_main(void *arg)
             if (s->paused && !s->stopping)
                 continue; /* a truncation holds the shard: wait for it */
         }
-        /* Take a group: at least one record, then while it fits. */
-        pending *head = s->qhead, *tail = head;
-        uint64_t bytes = head->size;
-        uint32_t count = 1;
-        while (tail->next &&
-               bytes + tail->next->size + BATCH_OVERHEAD * (count / BATCH_MAX_RECORDS + 1) <=
-                   log->opt.max_batch_bytes) {
-            tail = tail->next;
-            bytes += tail->size;
-            count++;
-        }
-        s->qhead = tail->next;
-        if (!s->qhead)
-            s->qtail = NULL;
-        tail->next = NULL;
-        s->qlen -= count;
-        s->qbytes -= bytes;
+        uint32_t count, nrec;
+        pending *head = take_group(s, &count, &nrec);
         s->busy = 1;
         pthread_mutex_unlock(&s->qmu);
-        process_group(s, head, count);
+        process_group(s, head, count, nrec);
         pthread_mutex_lock(&s->qmu);
         s->busy = 0;
         pthread_cond_broadcast(&s->idlecond);
@@ -717,9 +1007,40 @@ static void *writer_main(void *arg)
 
 /* ---- append ---- */
 
-int log_append(log_t *log, const rec_view *rec, log_append_cb cb, void *arg)
+/* Queue p (a PK_APPEND or a chain of PK_WRITE chunks, last at tail) on s,
+ * or return the error that refuses it. fence: compare with the term. */
+static int enqueue(log_t *log, shard *s, pending *p, pending *tail,
+                   uint32_t n, int fenced, uint64_t fence)
+{
+    uint64_t bytes = 0;
+    for (pending *q = p; q; q = q->next)
+        bytes += q->size;
+    pthread_mutex_lock(&s->qmu);
+    int rc = s->stopping ? CL_ECLOSED
+             : s->failed ? CL_EFAILED
+             : s->write_fenced ? CL_EDAMAGED
+             : fenced && s->term != fence ? CL_ESTALE
+             : s->qlen + s->completing + n > log->opt.max_pending ? CL_EBUSY
+                                                          : 0;
+    if (rc == 0) {
+        if (s->qtail)
+            s->qtail->next = p;
+        else
+            s->qhead = p;
+        s->qtail = tail;
+        s->qlen += n;
+        s->qbytes += bytes;
+        pthread_cond_signal(&s->qcond);
+    }
+    pthread_mutex_unlock(&s->qmu);
+    return rc;
+}
+
+static int append_common(log_t *log, const rec_view *rec, int fenced,
+                         uint64_t term, log_append_cb cb, void *arg)
 {
     if (log->opt.read_only || !rec || rec->type == 0 || rec->type > REC_TYPE_MAX ||
+        rec->type == REC_NOOP || /* shard-less: log_noop_batch */
         (rec->type == REC_MESSAGE && rec->msg_id != 0) ||
         (rec->key_len && !rec->key) || (rec->body_len && !rec->body))
         return CL_EINVAL;
@@ -727,10 +1048,12 @@ int log_append(log_t *log, const rec_view *rec, log_append_cb cb, void *arg)
         return CL_ETOOBIG;
     shard *s = &log->shards[log_shard_of(log, rec->conv_id)];
     uint32_t size = (uint32_t)batch_record_size(rec->key_len, rec->body_len);
-    pending *p = malloc(sizeof *p + rec->key_len + rec->body_len);
+    pending *p = calloc(1, sizeof *p + rec->key_len + rec->body_len);
     if (!p)
         return CL_ENOMEM;
-    p->next = NULL;
+    p->kind = PK_APPEND;
+    p->fenced = (uint8_t)fenced;
+    p->term = term;
     p->rec = *rec;
     p->rec.flags = 0;
     p->rec.key = p->data;
@@ -742,25 +1065,148 @@ int log_append(log_t *log, const rec_view *rec, log_append_cb cb, void *arg)
     p->cb = cb;
     p->arg = arg;
     p->size = size;
-    pthread_mutex_lock(&s->qmu);
-    int rc = s->stopping ? CL_ECLOSED
-             : s->failed ? CL_EFAILED
-             : s->write_fenced ? CL_EDAMAGED
-             : s->qlen + s->completing >= log->opt.max_pending ? CL_EBUSY
-                                                : 0;
-    if (rc == 0) {
-        if (s->qtail)
-            s->qtail->next = p;
-        else
-            s->qhead = p;
-        s->qtail = p;
-        s->qlen++;
-        s->qbytes += size;
-        pthread_cond_signal(&s->qcond);
-    }
-    pthread_mutex_unlock(&s->qmu);
+    int rc = enqueue(log, s, p, p, 1, fenced, term);
     if (rc)
         free(p);
+    return rc;
+}
+
+int log_append(log_t *log, const rec_view *rec, log_append_cb cb, void *arg)
+{
+    return append_common(log, rec, 0, 0, cb, arg);
+}
+
+int log_append_in_term(log_t *log, const rec_view *rec, uint64_t term,
+                       log_append_cb cb, void *arg)
+{
+    return append_common(log, rec, 1, term, cb, arg);
+}
+
+/* ---- replication: received batches ---- */
+
+size_t log_noop_batch(uint8_t out[LOG_NOOP_BATCH_BYTES], uint32_t shard_id,
+                      uint64_t offset, uint64_t term)
+{
+    rec_view r = {.type = REC_NOOP};
+    batch_header h = {.flags = BATCH_FLAG_GROUP_END, .shard_id = shard_id,
+                      .first_offset = offset, .term = term, .ts_ms = 0};
+    memset(out, 0, LOG_NOOP_BATCH_BYTES);
+    return batch_encode(out, &h, &r, 1);
+}
+
+/* Check received bytes (see log.h); *nbatches gets their batch count. */
+static int check_received(log_t *log, uint32_t shard_id, uint64_t at_offset,
+                          const uint8_t *bytes, size_t len, uint64_t *end)
+{
+    uint64_t off = at_offset, last_term = 0;
+    size_t pos = 0;
+    while (pos < len) {
+        batch_header h;
+        int rc = batch_verify_at(bytes + pos, len - pos, shard_id, off, &h);
+        if (rc)
+            return rc;
+        if (h.length > LOG_MAX_WRITE_BYTES - 64 * 1024)
+            return CL_ETOOBIG;
+        if (h.term < last_term)
+            return CL_EINVAL; /* terms never decrease along a log */
+        last_term = h.term;
+        size_t rp = 0;
+        rec_view r;
+        while (batch_next_record(bytes + pos, &h, &rp, &r) == 0) {
+            if (r.type == REC_NOOP) {
+                if (r.conv_id || r.msg_id || r.sender_id || r.key_len || r.body_len)
+                    return CL_ECORRUPT;
+                continue;
+            }
+            if (log_shard_of(log, r.conv_id) != shard_id)
+                return CL_EMISPLACED;
+            if (r.type == REC_MESSAGE && r.msg_id == 0)
+                return CL_ECORRUPT;
+        }
+        off += h.record_count;
+        pos += h.length;
+    }
+    *end = off;
+    return 0;
+}
+
+int log_write_batches(log_t *log, uint32_t shard_id, uint64_t at_offset,
+                      const uint8_t *bytes, size_t len, log_write_cb cb,
+                      void *arg)
+{
+    if (log->opt.read_only || shard_id >= log->nshards || (len && !bytes) ||
+        at_offset > UINT64_MAX / 2)
+        return CL_EINVAL;
+    if (len > LOG_MAX_RECEIVE_BYTES)
+        return CL_ETOOBIG;
+    uint64_t end;
+    int rc = check_received(log, shard_id, at_offset, bytes, len, &end);
+    if (rc)
+        return rc;
+    wchain *ch = calloc(1, sizeof *ch);
+    if (!ch)
+        return CL_ENOMEM;
+    ch->cb = cb;
+    ch->arg = arg;
+    /* Chunks of whole batches, at most max_batch_bytes each (a single
+     * larger batch alone): each a local write of its own at most. */
+    pending *head = NULL, *tail = NULL;
+    uint32_t n = 0;
+    size_t pos = 0;
+    uint64_t off = at_offset;
+    do {
+        size_t clen = 0;
+        uint32_t recs = 0;
+        uint64_t max_term = 0;
+        while (pos + clen < len) {
+            batch_header h;
+            batch_peek_header(bytes + pos + clen, &h);
+            if (clen && clen + h.length > log->opt.max_batch_bytes)
+                break;
+            clen += h.length;
+            recs += h.record_count;
+            if (h.term > max_term)
+                max_term = h.term;
+        }
+        pending *p = calloc(1, sizeof *p + clen);
+        if (!p) {
+            while (head) {
+                pending *nx = head->next;
+                free(head);
+                head = nx;
+            }
+            free(ch);
+            return CL_ENOMEM;
+        }
+        p->kind = PK_WRITE;
+        p->chain = ch;
+        p->offset = off;
+        p->size = (uint32_t)clen;
+        p->nrecs = recs;
+        p->end = off + recs;
+        p->max_term = max_term;
+        if (clen)
+            memcpy(p->data, bytes + pos, clen);
+        if (tail)
+            tail->next = p;
+        else
+            head = p;
+        tail = p;
+        n++;
+        pos += clen;
+        off += recs;
+    } while (pos < len);
+    tail->last = 1;
+    shard *s = &log->shards[shard_id];
+    rc = enqueue(log, s, head, tail, n, 0, 0);
+    if (rc) {
+        while (head) {
+            pending *nx = head->next;
+            free(head);
+            head = nx;
+        }
+        free(ch);
+    }
     return rc;
 }
 
@@ -1212,7 +1658,9 @@ int log_shard_info_get(log_t *log, uint32_t shard_id, log_shard_info *out)
     out->shard = shard_id;
     out->next_offset = s->durable_offset;
     out->durable_offset = s->durable_offset;
+    pthread_mutex_lock(&s->qmu);
     out->term = s->term;
+    pthread_mutex_unlock(&s->qmu);
     out->records = s->records;
     out->messages = s->messages;
     out->conversations = s->convs.count;
@@ -1276,13 +1724,28 @@ int log_set_term(log_t *log, uint32_t shard_id, uint64_t term)
         return CL_EINVAL;
     shard *s = &log->shards[shard_id];
     int rc = 0;
-    pthread_rwlock_wrlock(&s->lock);
+    pthread_mutex_lock(&s->qmu);
     if (term < s->term)
         rc = CL_EINVAL;
     else
         s->term = term;
-    pthread_rwlock_unlock(&s->lock);
+    pthread_mutex_unlock(&s->qmu);
     return rc;
+}
+
+int log_shard_ends(log_t *log, uint32_t shard_id, uint64_t *next,
+                   uint64_t *durable)
+{
+    if (shard_id >= log->nshards)
+        return CL_EINVAL;
+    shard *s = &log->shards[shard_id];
+    pthread_rwlock_rdlock(&s->lock);
+    if (next)
+        *next = s->next_offset;
+    if (durable)
+        *durable = s->durable_offset;
+    pthread_rwlock_unlock(&s->lock);
+    return 0;
 }
 
 /* Stop the writer between groups; returns with qmu released. */
@@ -1303,27 +1766,101 @@ static void writer_resume(shard *s)
     pthread_mutex_unlock(&s->qmu);
 }
 
-int log_truncate_from(log_t *log, uint32_t shard_id, uint64_t offset)
+/* Wait until the sealer holds no segment of s from ordinal si on (queued or
+ * being sealed), so that a cut can change or free them. Caller holds no
+ * lock and is the writer (or has paused it): no new seal can be queued. */
+static void wait_sealer(shard *s, uint32_t si)
 {
-    if (shard_id >= log->nshards || log->opt.read_only)
-        return CL_EINVAL;
-    shard *s = &log->shards[shard_id];
+    log_t *log = s->log;
+    pthread_mutex_lock(&log->smu);
+    for (;;) {
+        int busy = 0;
+        pthread_rwlock_rdlock(&s->lock);
+        for (uint32_t i = si; i < s->nsegs; i++)
+            busy |= s->segs[i]->sealing;
+        pthread_rwlock_unlock(&s->lock);
+        if (!busy || !log->sealer_started)
+            break;
+        pthread_cond_wait(&log->scond, &log->smu);
+    }
+    pthread_mutex_unlock(&log->smu);
+}
+
+/* A compressed segment cut at raw position pos becomes a raw <base>.log of
+ * its first pos bytes again: tmp-<base>.log written and synced, renamed (a
+ * crash now leaves both files, and recovery keeps the valid .zlog: the
+ * segment whole), then the .idx and .zlog unlinked. Lock held exclusively. */
+static int uncompress_prefix_locked(shard *s, seg *sg, uint64_t pos)
+{
+    log_t *log = s->log;
     io_vfs *io = log->io;
-    writer_pause(s);
+    char tmp[PATH_MAX_LEN], path[PATH_MAX_LEN];
+    name_segment(tmp, sizeof tmp, s->dir, sg->base, SUFFIX_LOG, 1);
+    name_segment(path, sizeof path, s->dir, sg->base, SUFFIX_LOG, 0);
+    io_file *f;
+    int rc = io->open(io, tmp, IO_RDWR | IO_CREATE, &f);
+    if (rc)
+        return rc;
+    rbuf blk = {0};
+    if ((rc = io->truncate(f, 0)) == 0) {
+        for (uint32_t i = 0; i < sg->nblocks && rc == 0; i++) {
+            const zblock *b = &sg->blocks[i];
+            if (b->raw_pos >= pos)
+                break;
+            rc = zlog_read_block(io, sg->f, b, &blk);
+            uint64_t n = b->raw_len;
+            if (b->raw_pos + n > pos)
+                n = pos - b->raw_pos;
+            if (rc == 0)
+                rc = io->pwrite(f, blk.p, n, b->raw_pos);
+        }
+    }
+    rbuf_free(&blk);
+    if (rc == 0)
+        rc = io->fdatasync(f);
+    io->close(f);
+    if (rc == 0)
+        rc = io->rename(io, tmp, path);
+    if (rc == 0)
+        rc = io->fsync_dir(io, s->dir);
+    if (rc) {
+        io->unlink(io, tmp);
+        return rc;
+    }
+    /* From here on the .log is the segment; failures fail the shard. */
+    if ((rc = io->open(io, path, IO_RDWR, &f)))
+        return rc;
+    name_segment(tmp, sizeof tmp, s->dir, sg->base, SUFFIX_IDX, 0);
+    io->unlink(io, tmp);
+    name_segment(tmp, sizeof tmp, s->dir, sg->base, SUFFIX_ZLOG, 0);
+    io->unlink(io, tmp);
+    io->close(sg->f);
+    sg->f = f;
+    free(sg->blocks);
+    sg->blocks = NULL;
+    sg->nblocks = 0;
+    sg->state = SEG_SEALED; /* made active by the caller */
+    s->gen++;
+    return io->fsync_dir(io, s->dir);
+}
+
+/* Remove every record >= offset (see log_truncate_from). Runs on the
+ * writer thread, or with the writer paused; holds no lock on entry. */
+static int shard_cut(shard *s, uint64_t offset)
+{
+    log_t *log = s->log;
+    io_vfs *io = log->io;
+    pthread_rwlock_rdlock(&s->lock);
+    int si = offset < s->durable_offset ? find_seg_locked(s, offset) : -2;
+    pthread_rwlock_unlock(&s->lock);
+    if (si == -2)
+        return 0; /* nothing at or after offset */
+    if (si < 0)
+        return CL_EINVAL; /* below the oldest segment, or in a damaged gap */
+    wait_sealer(s, (uint32_t)si);
+
     pthread_rwlock_wrlock(&s->lock);
     int rc = 0;
-    if (offset >= s->durable_offset)
-        goto out;
-    int si = find_seg_locked(s, offset);
-    int sealing = 0;
-    for (uint32_t i = si < 0 ? s->nsegs : (uint32_t)si; i < s->nsegs; i++)
-        sealing |= s->segs[i]->sealing;
-    if (si < 0 || s->segs[si]->state == SEG_COMPRESSED || sealing) {
-        /* Truncating into compressed history is not supported: the
-         * replication layer keeps uncommitted records in raw segments. */
-        rc = CL_EINVAL;
-        goto out;
-    }
     seg *sg = s->segs[si];
     uint64_t boff;
     uint64_t pos = sparse_pos(sg, offset, &boff);
@@ -1339,8 +1876,11 @@ int log_truncate_from(log_t *log, uint32_t shard_id, uint64_t offset)
     rctx_free(&r);
     if (rc == 0 && boff != offset)
         rc = CL_EINVAL; /* not at a batch boundary */
-    if (rc)
+    if (rc) {
+        if (rc != CL_EINVAL)
+            rc = CL_EINVAL; /* unreadable (damaged) data before the cut */
         goto out;
+    }
     /* Drop later segments, newest first, then cut this one. */
     for (uint32_t i = s->nsegs; i-- > (uint32_t)si + 1;) {
         seg *d = s->segs[i];
@@ -1354,13 +1894,25 @@ int log_truncate_from(log_t *log, uint32_t shard_id, uint64_t offset)
         seg__free(log, d);
         s->nsegs--;
     }
+    /* Damage records of what is gone go with it. */
+    for (uint32_t i = 0; i < s->ndamage;) {
+        log_damage *d = &s->damage[i];
+        if (d->seg_base > sg->base || (d->seg_base == sg->base && d->file_pos >= pos))
+            s->damage[i] = s->damage[--s->ndamage];
+        else
+            i++;
+    }
+    if (sg->state == SEG_COMPRESSED && (rc = uncompress_prefix_locked(s, sg, pos))) {
+        set_failed(s, rc);
+        goto out;
+    }
     char p[PATH_MAX_LEN];
     name_segment(p, sizeof p, s->dir, sg->base, SUFFIX_IDX, 0);
     io->unlink(io, p);
     if ((rc = io->truncate(sg->f, pos)) == 0 && (rc = io->fdatasync(sg->f)) == 0)
         rc = io->fsync_dir(io, s->dir);
     if (rc) {
-        s->failed = rc;
+        set_failed(s, rc);
         goto out;
     }
     s->records -= sg->end - offset;
@@ -1388,6 +1940,82 @@ int log_truncate_from(log_t *log, uint32_t shard_id, uint64_t offset)
     s->gen++;
 out:
     pthread_rwlock_unlock(&s->lock);
+    return rc;
+}
+
+int log_truncate_from(log_t *log, uint32_t shard_id, uint64_t offset)
+{
+    if (shard_id >= log->nshards || log->opt.read_only)
+        return CL_EINVAL;
+    shard *s = &log->shards[shard_id];
+    writer_pause(s);
+    int rc = shard_cut(s, offset);
     writer_resume(s);
+    return rc;
+}
+
+/* ---- batch descriptors ---- */
+
+typedef struct bdesc {
+    uint64_t first_offset;
+    uint64_t term;
+    uint32_t count;
+} bdesc;
+
+int log_batch_each(log_t *log, uint32_t shard_id,
+                   void (*cb)(void *arg, uint64_t first_offset, uint32_t count,
+                              uint64_t term),
+                   void *arg)
+{
+    if (shard_id >= log->nshards || !cb)
+        return CL_EINVAL;
+    shard *s = &log->shards[shard_id];
+    bdesc *v = NULL;
+    size_t n = 0, cap = 0;
+    rctx r = {0};
+    int rc = 0;
+    /* Collected under the lock, delivered without it. */
+    pthread_rwlock_rdlock(&s->lock);
+    for (uint32_t i = 0; i < s->nsegs && rc == 0; i++) {
+        const seg *sg = s->segs[i];
+        uint64_t pos = 0;
+        while (pos < sg->raw_size && rc == 0) {
+            const uint8_t *b;
+            batch_header h;
+            rc = seg_read_batch_locked(s, sg, pos, &r, &b, &h);
+            if (rc == 0 && h.first_offset >= s->durable_offset)
+                break;
+            if (rc) {
+                /* Skip a range recovery fenced off; anything else is news. */
+                uint64_t skip = 0;
+                for (uint32_t k = 0; k < s->ndamage; k++)
+                    if (s->damage[k].seg_base == sg->base &&
+                        s->damage[k].file_pos == pos && !s->damage[k].torn_tail)
+                        skip = s->damage[k].bytes;
+                if (skip == 0)
+                    break;
+                rc = 0;
+                pos += skip;
+                continue;
+            }
+            if (n == cap) {
+                size_t nc = cap ? cap * 2 : 256;
+                bdesc *nv = realloc(v, nc * sizeof *nv);
+                if (!nv) {
+                    rc = CL_ENOMEM;
+                    break;
+                }
+                v = nv;
+                cap = nc;
+            }
+            v[n++] = (bdesc){h.first_offset, h.term, h.record_count};
+            pos += h.length;
+        }
+    }
+    pthread_rwlock_unlock(&s->lock);
+    rctx_free(&r);
+    for (size_t i = 0; i < n && rc == 0; i++)
+        cb(arg, v[i].first_offset, v[i].count, v[i].term);
+    free(v);
     return rc;
 }

@@ -105,6 +105,12 @@ typedef struct log_append_result {
     uint64_t msg_id; /* assigned for REC_MESSAGE, else the record's msg_id */
     int64_t ts_ms;
     uint64_t term;
+    /* The on-disk batch that holds this record: the offset of its first
+     * record and its record count. Every batch made of appended records is
+     * reported by the callbacks of its records (callbacks come in offset
+     * order), so a caller can announce each new batch once it is durable. */
+    uint64_t batch_first_offset;
+    uint32_t batch_count;
 } log_append_result;
 
 /* status is 0 when the record is durable (per the fsync policy), or a
@@ -125,6 +131,94 @@ typedef void (*log_append_cb)(void *arg, int status,
  * shard holds damage recovery could not identify, so it cannot know which
  * msg_ids are taken) or CL_ECLOSED and cb is never called. */
 int log_append(log_t *log, const rec_view *rec, log_append_cb cb, void *arg);
+
+/* Exactly like log_append, but fenced by term: when the writer is about to
+ * write the record it refuses it unless the shard's term (log_set_term, or
+ * the highest term of batches written by log_write_batches) equals term at
+ * that moment. The check and the write are atomic with respect to
+ * log_set_term: a log_set_term that returned before the writer took the
+ * record is seen. A refused record takes no offset and no msg_id; its
+ * callback gets CL_ESTALE (in append order with the others). Also returns
+ * CL_ESTALE at once, cb never called, if the term differs already. */
+int log_append_in_term(log_t *log, const rec_view *rec, uint64_t term,
+                       log_append_cb cb, void *arg);
+
+/* ---- replication: writing batches received from a leader ---- */
+
+/* Largest byte string one log_write_batches call takes. */
+#define LOG_MAX_RECEIVE_BYTES (64u << 20)
+
+/* Encode into out the Raft no-op batch of a new leader: one REC_NOOP record
+ * (all fields 0), at offset in shard, stamped with term, ts_ms 0, flags
+ * BATCH_FLAG_GROUP_END. Deterministic: the same inputs always give the same
+ * LOG_NOOP_BATCH_BYTES bytes, which are returned. Write it with
+ * log_write_batches. */
+size_t log_noop_batch(uint8_t out[LOG_NOOP_BATCH_BYTES], uint32_t shard,
+                      uint64_t offset, uint64_t term);
+
+/* status 0: the batches are durable (per the fsync policy) and the shard's
+ * log ends at end_offset. Otherwise an error as for appends (-ENOSPC: the
+ * batches were not written, though a truncation they needed may have been
+ * done; CL_EFAILED / -EIO: the shard failed), or CL_EINVAL (at_offset was
+ * past the log's end when the writer reached the call, the cut was not at
+ * a batch boundary or below the oldest segment, or a message's msg_id does
+ * not continue its conversation), CL_ECLOSED. */
+typedef void (*log_write_cb)(void *arg, int status, uint64_t end_offset);
+
+/* Write bytes[0..len): zero or more whole encoded batches of this shard,
+ * contiguous, the first at at_offset — a follower storing what its leader
+ * sent. The bytes are copied and checked now: each batch's checksum and
+ * layout, shard and offsets (batch_verify_at), at most BATCH_MAX_BYTES and
+ * LOG_MAX_WRITE_BYTES each, terms not decreasing, every record's conv_id in
+ * this shard (REC_NOOP excepted, which must be all zero), REC_MESSAGE
+ * msg_ids not 0, len <= LOG_MAX_RECEIVE_BYTES. Returns 0 and cb is called
+ * exactly once later on an engine thread, or CL_EINVAL, CL_ECORRUPT,
+ * CL_ETRUNC, CL_EMISPLACED, CL_ETOOBIG, CL_EBUSY, CL_EFAILED, CL_EDAMAGED,
+ * CL_ECLOSED, CL_ENOMEM and cb is never called.
+ *
+ * The write is queued with the shard's appends and runs in queue order. The
+ * writer then: if the log ends after at_offset, first removes every record
+ * >= at_offset as log_truncate_from does (made durable before anything is
+ * written; across segment rolls; a cut inside a sealed or compressed
+ * segment is handled: the writer waits for the sealer, and a compressed
+ * segment is rewritten raw up to the cut — see log_truncate_from); if the
+ * log ends before at_offset, fails with CL_EINVAL. Then it writes the
+ * batches as they are — records keep their msg_ids, timestamps and the
+ * batches their terms; the index takes the msg_ids, and later appends
+ * continue each conversation after them — except that GROUP_END is cleared
+ * on every batch and set on the last one of each local write (recovery's
+ * torn-tail rule depends on it), with the checksum recomputed. The writes
+ * obey the group-commit rules (at most max_batch_bytes, one fdatasync per
+ * group, shared with appends queued around it; a long string takes several
+ * groups). on_commit sees the written records as for appends. The shard's
+ * term rises to the highest batch term written (so an older-term
+ * log_append_in_term queued after it is refused). len 0 only truncates;
+ * cb runs once that is durable. */
+int log_write_batches(log_t *log, uint32_t shard, uint64_t at_offset,
+                      const uint8_t *bytes, size_t len, log_write_cb cb,
+                      void *arg);
+
+/* Every batch of the shard from its first offset, in offset order:
+ * cb(arg, first_offset, count, term) for each, called without any engine
+ * lock held (it may call other functions of this API). Only durable batches.
+ * This reads the shard's segments (every batch header; a compressed segment
+ * is decompressed block by block), O(log size): meant for start-up. Damaged
+ * ranges fenced by recovery are skipped, so the caller sees a gap in the
+ * offsets there (log_damage_each says what). Returns 0, CL_EINVAL (bad
+ * shard), CL_ENOMEM, -errno, or CL_ECORRUPT for damage recovery did not
+ * record. */
+int log_batch_each(log_t *log, uint32_t shard,
+                   void (*cb)(void *arg, uint64_t first_offset, uint32_t count,
+                              uint64_t term),
+                   void *arg);
+
+/* The shard's ends, cheaply (no lock but the shard's own, no stats walk),
+ * from any thread: *next is the offset the next record will take (it
+ * includes a group being written right now), *durable the offset below
+ * which every record is durable. Either pointer may be NULL. Returns 0 or
+ * CL_EINVAL (bad shard). */
+int log_shard_ends(log_t *log, uint32_t shard, uint64_t *next,
+                   uint64_t *durable);
 
 /* ---- reading ---- */
 
@@ -231,14 +325,22 @@ void log_damage_each(log_t *log, void (*cb)(void *arg, const log_damage *d),
 
 /* ---- for replication (later issues) ---- */
 
-/* The term stamped on batches written from now on. Must not decrease. */
+/* The term stamped on batches written from now on, and the one
+ * log_append_in_term compares with. Must not decrease (CL_EINVAL). Atomic
+ * with the writer's check (see log_append_in_term). */
 int log_set_term(log_t *log, uint32_t shard, uint64_t term);
 
 /* Remove every record with offset >= offset from the shard (a follower
  * dropping an uncommitted suffix): files are truncated and synced, the index
  * forgets the records, msg_id sequences go back accordingly. Waits for the
- * writer to be idle. Returns 0, CL_EINVAL (offset below the start of the
- * oldest segment), -errno. */
+ * writer to be idle, and for the sealer if it holds a segment from the cut
+ * on. A cut inside a sealed segment makes it the active segment again
+ * (its sidecar is removed); inside a compressed one, the segment's bytes up
+ * to the cut are rewritten as a raw <base>.log (tmp, fdatasync, rename)
+ * before its .zlog is removed, so a crash leaves either the old or the new
+ * log, never less. Returns 0, CL_EINVAL (offset below the start of the
+ * oldest segment, in a damaged gap, or not at a batch boundary), -errno
+ * (an I/O error after files were changed fails the shard). */
 int log_truncate_from(log_t *log, uint32_t shard, uint64_t offset);
 
 #endif
