@@ -76,6 +76,14 @@ def write(target, name, data):
         f.write(data)
 
 
+def regress(target, name, data):
+    """The reproducer of a fixed finding: replayed as regress-<name>."""
+    d = os.path.join(CORPUS, target)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "regress-" + name), "wb") as f:
+        f.write(data)
+
+
 def crash(target, name, data):
     """A reproducer of a finding: fuzz/crashes/<target>/, never replayed."""
     d = os.path.join(ROOT, "fuzz", "crashes", target)
@@ -213,10 +221,9 @@ def main():
     }
     for name, data in seeds.items():
         write("recovery", name, data)
-    # Reproduces a finding the target tolerates unless FUZZ_NO_WORKAROUNDS=1
-    # (docs/fuzzing.md): an empty stray 00..119.log inside segment [109, 133)
-    # of shard 1.
-    crash("recovery", "stray-segment-inside-another", rec(15, 6, 0, 0, b"\x00\x0a"))
+    # Finding 3 (docs/fuzzing.md), fixed: an empty stray 00..119.log inside
+    # segment [109, 133) of shard 1; recovery keeps it aside (rule 6a).
+    regress("recovery", "stray-segment-inside-another", rec(15, 6, 0, 0, b"\x00\x0a"))
 
     # differential: config byte, then operations (see differential.c).
     A = lambda a, n: bytes([0, a, n])            # append

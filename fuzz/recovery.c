@@ -639,22 +639,10 @@ static int assess(const variant *v, const change *ch, uint8_t *ok[NSHARDS])
     if (p && p->zlog != is_zlog)
         return 0;
     if (!p) {
-        /* A new segment file at an unused base B. If B falls inside an
-         * existing segment, the two overlap: recovery reports it (rule 6),
-         * but log_read_from looks segments up by a binary search that
-         * assumes they do not overlap, and the records of the old segment
-         * from offset B on can no longer be reached by offset. Accepted as
-         * the damage point here; FUZZ_NO_WORKAROUNDS=1 demands them too
-         * (see docs/fuzzing.md, findings). */
-        if (fuzz_no_workarounds())
-            return 0;
-        for (uint32_t i = 0; i < v->nsegs[s]; i++) {
-            const pseg *q = &v->segs[s][i];
-            int last = i + 1 == v->nsegs[s];
-            if (base > q->base && (base < q->end || last))
-                for (uint64_t o = base; o < q->end; o++)
-                    ok[s][o] = 0;
-        }
+        /* A new segment file at an unused base B. Inside an existing
+         * segment's range, recovery keeps it aside as .damaged (rule 6a,
+         * finding 3, fixed): every record stays readable by offset. Past
+         * the end it is a gap after the last record: nothing is lost. */
         return 0;
     }
     uint64_t lost_from = 0; /* raw position from which records may be lost */

@@ -35,7 +35,14 @@
  *    (One case stays ambiguous: damage in the GROUP_END batch of the
  *    second-to-last write while the last write is lost whole. It is taken
  *    for a tear; a replica can restore what it cut.)
- * 6. A gap or overlap between consecutive segments is recorded as damage.
+ * 6. A gap or overlap between consecutive segments is recorded as damage,
+ *    except (6a) a segment file whose base lies strictly inside the previous
+ *    segment's records: the writer never makes one (it comes from outside:
+ *    a copied or renamed file), the range stays with the segment that holds
+ *    it, and the stray file (with its .idx) is renamed <name>.damaged and
+ *    reported — never deleted. (The segment before it was recovered as a
+ *    sealed one; if the stray file was the last, a new active segment
+ *    follows it.)
  * In read-only mode nothing is deleted, truncated or created: a torn tail is
  * reported and left out of reads.
  */
@@ -447,6 +454,38 @@ static int keep_tail(shard *s, uint64_t base, const uint8_t *p, uint64_t n,
     return rc ? rc : io->fsync_dir(io, s->dir);
 }
 
+/* Rule 6a: rename a stray segment file (and its sidecar) to .damaged. */
+static void set_aside(shard *s, uint64_t base, int is_zlog)
+{
+    log_t *log = s->log;
+    io_vfs *io = log->io;
+    static const char *const sfx[] = {SUFFIX_LOG, SUFFIX_ZLOG, SUFFIX_IDX};
+    for (int k = 0; k < 3; k++) {
+        if (k == 1 && !is_zlog)
+            continue;
+        if (k == 0 && is_zlog)
+            continue;
+        char from[PATH_MAX_LEN], to[PATH_MAX_LEN];
+        name_segment(from, sizeof from, s->dir, base, sfx[k], 0);
+        snprintf(to, sizeof to, "%s%s", from, SUFFIX_DAMAGED);
+        if (log->opt.read_only)
+            continue;
+        int rc = io->rename(io, from, to);
+        if (rc == 0 || k != 2)
+            log__msg(log, LOG_ERROR,
+                     "shard %u: %s lies inside the range of the segment before "
+                     "it (not part of the log); %s %s", s->id, from,
+                     rc ? "could not keep it aside:" : "kept aside as",
+                     rc ? cl_strerror(rc) : to);
+    }
+    if (log->opt.read_only)
+        log__msg(log, LOG_ERROR, "shard %u: segment %020llu lies inside the "
+                 "range of the segment before it; ignored", s->id,
+                 (unsigned long long)base);
+    else
+        io->fsync_dir(io, s->dir);
+}
+
 /* Open and index one segment. */
 static int recover_segment(shard *s, uint64_t base, int is_zlog, int is_last,
                            int have_idx, uint64_t next_base, int *fresh_active)
@@ -658,6 +697,15 @@ int rcv_shard(shard *s)
     int fresh_active = 0;
     for (size_t i = 0; i < nb && rc == 0; i++) {
         uint64_t prev_end = s->nsegs ? s->segs[s->nsegs - 1]->end : bases[0];
+        if (s->nsegs && bases[i] > s->segs[s->nsegs - 1]->base && bases[i] < prev_end) {
+            /* Rule 6a: a file whose base lies inside the previous segment's
+             * records is not part of this log (the writer never makes one:
+             * it comes from outside, a copied or renamed file). The range
+             * stays with the segment that holds it; the stray file is kept
+             * aside as .damaged, with its sidecar. */
+            set_aside(s, bases[i], zflag[i]);
+            continue;
+        }
         if (bases[i] != prev_end)
             damage(s, bases[i], 0, 0, prev_end < bases[i] ? prev_end : bases[i],
                    prev_end < bases[i] ? bases[i] : prev_end,
@@ -688,7 +736,8 @@ int rcv_shard(shard *s)
         need_active = 0;
     if (need_active && !ro) {
         seg *sg;
-        if (s->nsegs && s->segs[s->nsegs - 1]->state == SEG_SEALED && !fresh_active)
+        if (s->nsegs && s->segs[s->nsegs - 1]->state == SEG_SEALED && !fresh_active &&
+            !s->segs[s->nsegs - 1]->sealing)
             log__queue_seal(log, s, s->segs[s->nsegs - 1]);
         rc = shard__new_segment_locked(s, end, &sg);
         if (rc)
