@@ -126,6 +126,7 @@ typedef struct cl_shard {
     uint32_t leader;
     uint64_t noop_end;  /* leader: end of this term's no-op */
     uint64_t noop_term; /* the term noop_end belongs to */
+    uint64_t notified_commit; /* leader: commit offset last sent out */
     int ready;          /* leader whose no-op is committed and applied */
     pend *acks, *acks_tail; /* leader writes by offset */
     op *ops;
@@ -1102,6 +1103,10 @@ static void after(cluster *cl)
         if (ri.failed && !h->failed)
             check(cl, sh, ri.failed, "raft");
         apply(cl, sh);
+        if (ri.role == RAFT_LEADER && ri.commit_offset > h->notified_commit) {
+            h->notified_commit = ri.commit_offset;
+            (void)raft_notify_commit(cl->rn, sh, &cl->ob);
+        }
         h->ready = h->role == RAFT_LEADER && ri.commit_offset >= h->noop_end &&
                    h->applied >= h->noop_end;
         if (cl->hs[sh].acked_end && !ri.recovering) {

@@ -1325,6 +1325,25 @@ static int heartbeat(raft_node *node, raft_shard *s, uint32_t shard,
     return 0;
 }
 
+int raft_notify_commit(raft_node *node, uint32_t shard, raft_outbox *out)
+{
+    if (shard >= node->cfg.n_shards || !node->shards[shard].open)
+        return RAFT_ENOTOPEN;
+    raft_shard *s = &node->shards[shard];
+    if (s->failed)
+        return RAFT_EFAILED;
+    if (s->role != RAFT_LEADER)
+        return RAFT_ENOTLEADER;
+    for (uint32_t i = 0; i < node->cfg.n_nodes; i++) {
+        if (i == node->self_idx || s->prs[i].probing)
+            continue;
+        int rc = send_append(node, s, shard, i, s->prs[i].match, 0, out, NULL);
+        if (rc)
+            return shard_fail(s, rc);
+    }
+    return 0;
+}
+
 static int tick_shard(raft_node *node, raft_shard *s, uint32_t shard,
                       uint64_t now, int hb, raft_outbox *out)
 {

@@ -402,6 +402,14 @@ int raft_step(raft_node *node, uint64_t now_ms, const raft_msg *msg,
 int raft_propose(raft_node *node, uint32_t shard, uint32_t count,
                  raft_batch *out_batch, raft_outbox *out);
 
+/* On the leader: tell the followers the commit offset now (an empty
+ * append to every follower that is not being probed, as a heartbeat
+ * sends), instead of with the next append or heartbeat. The caller uses it
+ * once per round in which the commit offset moved, so that followers
+ * deliver committed records without waiting a heartbeat interval. Returns
+ * 0, RAFT_ENOTLEADER, RAFT_ENOTOPEN, RAFT_EFAILED, RAFT_ENOMEM. */
+int raft_notify_commit(raft_node *node, uint32_t shard, raft_outbox *out);
+
 /* Storage work: fills up to max items (each for one shard) and returns how
  * many. Take everything after every call that may produce work (all of
  * them except the getters). */

@@ -83,6 +83,7 @@ typedef struct snode {
     int seen[RSIM_MAX_SHARDS];
     uint64_t seen_version[RSIM_MAX_SHARDS], seen_commit[RSIM_MAX_SHARDS];
     uint64_t lm[RSIM_MAX_SHARDS]; /* prefix equal to the ledger */
+    uint64_t notified[RSIM_MAX_SHARDS]; /* commit last sent by notify */
     prop *props;
     size_t np, capp;
 } snode;
@@ -651,6 +652,22 @@ static void after_call(sim *S, snode *N, int rc, const char *what)
         fail(S, "node %u: %s returned %s", N->id, what, raft_strerror(rc));
         raft_outbox_reset(&S->ob);
         return;
+    }
+    /* As chatd does: a leader whose commit offset moved tells the
+     * followers at once (raft_notify_commit). Odd seeds only, so that even
+     * ones keep the trajectories of heartbeat-only commit propagation. */
+    for (uint32_t sh = 0; (S->o.seed & 1) && sh < S->o.n_shards; sh++) {
+        raft_shard_info ri;
+        if (raft_shard_info_get(N->rn, sh, &ri) || ri.role != RAFT_LEADER ||
+            ri.commit_offset == N->notified[sh])
+            continue;
+        N->notified[sh] = ri.commit_offset;
+        int nrc = raft_notify_commit(N->rn, sh, &S->ob);
+        if (nrc) {
+            fail(S, "node %u: raft_notify_commit returned %s", N->id, raft_strerror(nrc));
+            raft_outbox_reset(&S->ob);
+            return;
+        }
     }
     for (size_t i = 0; i < S->ob.n; i++) {
         const raft_msg *m = &S->ob.msgs[i];
