@@ -57,6 +57,7 @@
 
 #include "auth.h"
 #include "cluster.pb-c.h"
+#include "log.pb-c.h"
 #include "cnet.h"
 #include "raft.h"
 #include "state.h"
@@ -762,7 +763,7 @@ static void apply(cluster *cl, uint32_t shard)
         else if (p->res.offset < h->applied)
             verdict = 0;
         else if (now > p->deadline)
-            verdict = -ETIMEDOUT;
+            verdict = CL_ETIMEDOUT;
         if (verdict != 1) {
             *pp = p->next;
             finish(cl, p, verdict);
@@ -919,7 +920,7 @@ static void dispatch(cluster *cl)
             if (!cnet_peer_is_up(cl->net, w->sent_to) || now > w->deadline + CL_ACK_MS) {
                 /* It may have been appended: the outcome is unknown. */
                 *pp = w->next;
-                wreq_done(cl, w, -ETIMEDOUT, NULL);
+                wreq_done(cl, w, CL_ETIMEDOUT, NULL);
                 continue;
             }
         } else if (h->role == RAFT_LEADER && h->ready) {
@@ -978,6 +979,7 @@ typedef struct fwd_reply {
     cluster *cl;
     uint32_t to;
     uint64_t id;
+    idem *key; /* held pending while the write is in flight here */
 } fwd_reply;
 
 static void send_result(cluster *cl, uint32_t to, uint64_t id, int status,
@@ -1005,7 +1007,12 @@ static void send_result(cluster *cl, uint32_t to, uint64_t id, int status,
 static void fwd_done(srv *s, void *arg, int status, const log_append_result *res)
 {
     fwd_reply *f = arg;
-    (void)s;
+    if (f->key) {
+        if (status)
+            st_idem_drop(s->st, f->key);
+        else
+            f->key->held = 0; /* the commit made it a settled key */
+    }
     send_result(f->cl, f->to, f->id, status, res);
     free(f);
 }
@@ -1041,19 +1048,39 @@ static void on_forward(cluster *cl, uint32_t from, const Chatlog__Cluster__V1__F
             return;
         }
     }
+    idem *key = NULL;
+    if (f->type == REC_MESSAGE && f->key.len) {
+        /* Pending here while in flight, so the same key arriving through
+         * another node meanwhile is not appended twice. */
+        Chatlog__Log__V1__MessageBody *b =
+            chatlog__log__v1__message_body__unpack(NULL, f->body.len, f->body.data);
+        uint64_t hash = b ? st_content_hash(b->text, strlen(b->text), b->media_url,
+                                         strlen(b->media_url))
+                       : 0;
+        if (b)
+            chatlog__log__v1__message_body__free_unpacked(b, NULL);
+        key = st_idem_add(s->st, f->sender_id, f->conv_id, (const char *)f->key.data,
+                          f->key.len, hash);
+        if (key)
+            key->held = 1;
+    }
     rec_view r = {.type = (uint8_t)f->type, .conv_id = f->conv_id,
                   .msg_id = f->msg_id, .sender_id = f->sender_id,
                   .key = f->key.data, .key_len = (uint32_t)f->key.len,
                   .body = f->body.data, .body_len = (uint32_t)f->body.len};
     fwd_reply *x = malloc(sizeof *x);
     if (!x) {
+        if (key)
+            st_idem_drop(s->st, key);
         send_result(cl, from, f->id, CL_ENOMEM, NULL);
         return;
     }
-    *x = (fwd_reply){cl, from, f->id};
+    *x = (fwd_reply){cl, from, f->id, key};
     int rc = leader_append(cl, shard, &r, fwd_done, x);
     if (rc) {
         free(x);
+        if (key)
+            st_idem_drop(s->st, key);
         send_result(cl, from, f->id, rc, NULL);
     }
 }

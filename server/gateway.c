@@ -465,7 +465,7 @@ int gw_engine_error(int status)
 {
     if (status == CL_EBUSY)
         return GW_EOVERLOADED;
-    if (status == CL_ESTALE || status == RAFT_ENOTLEADER || status == -ETIMEDOUT)
+    if (status == CL_ESTALE || status == RAFT_ENOTLEADER || status == CL_ETIMEDOUT)
         return GW_EUNAVAILABLE;
     return GW_EINTERNAL;
 }
