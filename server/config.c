@@ -33,6 +33,7 @@ static const setting settings[] = {
     S(tls_key, "PEM private key"),
     S(web_root, "directory of the web client served at / (empty: none)"),
     U(shards, 1, 1024, "shards of a new data directory"),
+    U(segment_bytes, 16 << 10, 1u << 30, "roll a shard's segment at this size (sealed, compressed)"),
     {"fsync_none", K_BOOL, offsetof(chatd_config, fsync_none), 0, 0, 1,
      "TESTS ONLY: ack before data is durable (true/false)"},
     U(max_body_bytes, 1, 1 << 20, "largest message body"),
@@ -88,6 +89,7 @@ void config_defaults(chatd_config *c)
     snprintf(c->listen, sizeof c->listen, "127.0.0.1:8080");
     snprintf(c->data, sizeof c->data, "./data");
     c->shards = 16;
+    c->segment_bytes = 64u << 20;
     c->max_body_bytes = 64 * 1024;
     c->max_ws_message_bytes = 128 * 1024;
     c->max_http_body_bytes = 1 << 20;

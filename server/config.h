@@ -23,6 +23,7 @@ typedef struct chatd_config {
     char tls_key[CFG_PATH];
     char web_root[CFG_PATH]; /* static files served at / (the web client) */
     uint32_t shards;         /* for a new data directory */
+    uint32_t segment_bytes;  /* roll size of a segment */
     int fsync_none;          /* TESTS ONLY: ack before fdatasync */
 
     uint32_t max_body_bytes;       /* message body (Send.body, REST body) */

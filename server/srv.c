@@ -336,7 +336,7 @@ int srv_run(srv *s)
     /* In a cluster the Raft commit offset, not local durability, drives
      * delivery (cluster.c). */
     int clustered = cluster_enabled(&s->cfg);
-    log_options lo = {.shards = s->cfg.shards,
+    log_options lo = {.shards = s->cfg.shards, .segment_bytes = s->cfg.segment_bytes,
                       .fsync = s->cfg.fsync_none ? LOG_FSYNC_NONE : LOG_FSYNC_ALWAYS,
                       .log_fn = engine_log, .log_arg = s,
                       .on_commit = clustered ? NULL : on_commit, .commit_arg = s};
