@@ -631,18 +631,19 @@ static size_t group_bytes(const pending *list)
     return total;
 }
 
-/* Undo the msg_ids a failed group took (the lowest one of each conversation
- * wins, so the order does not matter). */
+/* Undo the msg_ids a failed group took: between groups every
+ * conversation's last assigned msg_id is its last published one (c->n), so
+ * each conversation the group touched goes back to that. */
 static void unassign_locked(shard *s, pending *list)
 {
     for (pending *p = list; p; p = p->next) {
         if (!accepted(p))
             continue;
         if (p->kind == PK_APPEND) {
-            if (p->rec.type == REC_MESSAGE && p->rec.msg_id) {
+            if (p->rec.type == REC_MESSAGE) {
                 conv *c = idx_find(&s->convs, p->rec.conv_id);
-                if (c && c->assigned >= p->rec.msg_id)
-                    c->assigned = p->rec.msg_id - 1;
+                if (c)
+                    c->assigned = c->n;
             }
             continue;
         }
@@ -655,8 +656,8 @@ static void unassign_locked(shard *s, pending *list)
                 if (r.type != REC_MESSAGE)
                     continue;
                 conv *c = idx_find(&s->convs, r.conv_id);
-                if (c && c->assigned >= r.msg_id)
-                    c->assigned = r.msg_id - 1;
+                if (c)
+                    c->assigned = c->n;
             }
             q += h.length;
         }

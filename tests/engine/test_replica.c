@@ -671,6 +671,12 @@ TEST(replica_write_batches_refuses_bad_bytes_without_callback)
     uint64_t next;
     ASSERT_OK(log_shard_ends(F, 0, &next, NULL));
     ASSERT_U64_EQ(next, 0);
+    /* A good message then a repeated one: refused whole, and the sequence
+     * is where it was (msg_id 1 is still free). */
+    rec_view pair[2] = {msg(c, "m1"), msg(c, "m1 again")};
+    pair[0].msg_id = pair[1].msg_id = 1;
+    n = batch_encode(buf, &h, pair, 2);
+    ASSERT_EQ(write_sync(F, 0, 0, buf, n, NULL), CL_EINVAL);
     ASSERT_OK(write_sync(F, 0, 0, b->p, b->len, NULL));
     ASSERT_OK(log_close(F));
     ASSERT_OK(log_close(L));
@@ -777,6 +783,13 @@ TEST(replica_power_loss_keeps_every_acknowledged_received_batch)
             if (rc) {
                 pthread_mutex_lock(&c.mu);
                 c.outstanding--;
+                pthread_mutex_unlock(&c.mu);
+            }
+            if (i == crash_at / 2) {
+                /* Let the first ones become durable. */
+                pthread_mutex_lock(&c.mu);
+                while (c.outstanding)
+                    pthread_cond_wait(&c.cv, &c.mu);
                 pthread_mutex_unlock(&c.mu);
             }
             if (i == crash_at)
