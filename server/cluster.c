@@ -108,6 +108,10 @@ typedef struct wreq {
     uint32_t shard;
     uint32_t sent_to; /* RAFT_NONE: waiting */
     int64_t deadline;
+    /* committed on the leader; answered once applied here too, so that
+     * the client reads its own write on this node */
+    int committed;
+    log_append_result res;
     void (*done)(srv *, void *, int, const log_append_result *);
     void *ctx;
     rec_view rec; /* key/body point into data */
@@ -916,6 +920,15 @@ static void dispatch(cluster *cl)
     while (*pp) {
         wreq *w = *pp;
         cl_shard *h = &cl->sh[w->shard];
+        if (w->committed) {
+            if (h->applied > w->res.offset || now > w->deadline + CL_ACK_MS) {
+                *pp = w->next;
+                wreq_done(cl, w, 0, &w->res);
+                continue;
+            }
+            pp = &w->next;
+            continue;
+        }
         if (w->sent_to) {
             if (!cnet_peer_is_up(cl->net, w->sent_to) || now > w->deadline + CL_ACK_MS) {
                 /* It may have been appended: the outcome is unknown. */
@@ -1038,8 +1051,11 @@ static void on_forward(cluster *cl, uint32_t from, const Chatlog__Cluster__V1__F
         idem *k = st_idem_find(s->st, f->sender_id, f->conv_id,
                                (const char *)f->key.data, f->key.len);
         if (k && !k->pending) {
+            /* Its offset is not kept; everything applied here is a safe
+             * bound for the origin to wait for. */
             log_append_result r = {.shard = shard, .msg_id = k->msg_id,
-                                   .ts_ms = k->ts_ms};
+                                   .ts_ms = k->ts_ms,
+                                   .offset = h->applied ? h->applied - 1 : 0};
             send_result(cl, from, f->id, 0, &r);
             return;
         }
@@ -1089,7 +1105,7 @@ static void on_result(cluster *cl, uint32_t from, const Chatlog__Cluster__V1__Fo
 {
     for (wreq **pp = &cl->waiting; *pp; pp = &(*pp)->next) {
         wreq *w = *pp;
-        if (w->id != r->id || w->sent_to != from)
+        if (w->id != r->id || w->sent_to != from || w->committed)
             continue;
         if (r->status == RAFT_ENOTLEADER || r->status == CL_ESTALE) {
             /* Not appended there (or cut before it committed): wait for
@@ -1097,11 +1113,15 @@ static void on_result(cluster *cl, uint32_t from, const Chatlog__Cluster__V1__Fo
             w->sent_to = RAFT_NONE;
             return;
         }
-        *pp = w->next;
-        log_append_result res = {.shard = r->shard, .offset = r->offset,
-                                 .msg_id = r->msg_id, .ts_ms = r->ts_ms,
-                                 .term = r->term};
-        wreq_done(cl, w, r->status, r->status ? NULL : &res);
+        if (r->status) {
+            *pp = w->next;
+            wreq_done(cl, w, r->status, NULL);
+            return;
+        }
+        w->res = (log_append_result){.shard = w->shard, .offset = r->offset,
+                                     .msg_id = r->msg_id, .ts_ms = r->ts_ms,
+                                     .term = r->term};
+        w->committed = 1;
         return;
     }
 }
@@ -1604,6 +1624,24 @@ int cluster_start(srv *s)
         rc = log_batch_each(s->log, sh, desc_cb, &d);
         uint64_t next = 0, durable = 0;
         log_shard_ends(s->log, sh, &next, &durable);
+        if (rc == CL_ECORRUPT && !d.oom) {
+            /* Damage recovery did not see (a bad block under a good
+             * sidecar): the same treatment, from the last good batch. */
+            uint64_t cut = d.n ? d.b[d.n - 1].first_offset + d.b[d.n - 1].count : 0;
+            srv_log(s, LOG_WARN,
+                    "cluster: shard %u: unreadable batch after offset %llu: dropping records "
+                    "%llu..%llu to fetch them again from the other nodes",
+                    sh, (unsigned long long)cut, (unsigned long long)cut,
+                    (unsigned long long)(next ? next - 1 : 0));
+            rc = log_truncate_from(s->log, sh, cut);
+            if (!rc) {
+                if (next > e->acked_end)
+                    e->acked_end = next;
+                d.n = 0;
+                rc = log_batch_each(s->log, sh, desc_cb, &d);
+                log_shard_ends(s->log, sh, &next, &durable);
+            }
+        }
         if (rc || d.oom) {
             srv_log(s, LOG_ERROR, "cluster: shard %u: cannot list batches: %s", sh,
                     cl_strerror(rc ? rc : CL_ENOMEM));
