@@ -57,7 +57,7 @@ CHATLOG := $(BUILD)/chatlog
 UNIT := $(BUILD)/tests/unit
 CRASH := $(BUILD)/tests/crash
 
-.PHONY: all deps test bench run demo clean
+.PHONY: all deps test bench run demo clean cluster-start cluster-stop
 all: $(CHATLOG) $(if $(wildcard server/main.c),$(CHATD)) $(UNIT) $(CRASH) $(BENCH_BIN) $(BUILD)/web
 
 deps: $(DEPS_STAMP)
@@ -126,6 +126,14 @@ bench: all
 run: $(CHATD) $(CHATLOG) $(BUILD)/web
 	@test -s chatd.secret || (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > chatd.secret)
 	$(CHATD) --data ./data --listen 127.0.0.1:8080 --secret-file chatd.secret --web-root $(BUILD)/web
+
+# A local three-node cluster on loopback (docs/cluster.md): HTTP on
+# 127.0.0.1:8081..8083, data in ./data-cluster/n1..n3.
+cluster-start: $(CHATD) $(CHATLOG) $(BUILD)/web
+	BUILD=$(BUILD) bash scripts/cluster.sh start
+
+cluster-stop:
+	BUILD=$(BUILD) bash scripts/cluster.sh stop
 
 # The engine on its own: a synthetic workload into ./data-demo and its stats.
 demo: $(CHATLOG)
