@@ -148,6 +148,10 @@ def conn_input():
     write(t, "post-not-allowed", b"POST /healthz HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}")
     write(t, "http10-close", b"GET /healthz HTTP/1.0\r\n\r\nGET /healthz HTTP/1.1\r\n\r\n")
     write(t, "bad-request", b"GET healthz HTTP/1.1\r\n\r\n")
+    # Finding: HEAD answers carried a body.
+    write(t, "head-healthz-api-404", b"HEAD /healthz HTTP/1.1\r\n\r\n" +
+          req("HEAD", API) + b"HEAD /nothing HTTP/1.1\r\n\r\n" +
+          b"GET /healthz HTTP/1.1\r\n\r\n", prefix="regress-")
     write(t, "bad-version", b"GET / HTTP/2.0\r\n\r\n")
     write(t, "transfer-encoding-gzip",
           b"POST " + API.encode() + b" HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n")

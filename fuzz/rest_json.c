@@ -225,6 +225,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         case 5:
         case 7: snprintf(path, sizeof path, "/api/v1/push/devices"); break;
         case 6:
+            /* A request target has no space or control byte: anything
+             * else would be another request line, not a query. */
+            for (size_t k = 0; k < blen && k < 2048; k++)
+                if (body[k] <= 0x20 || body[k] >= 0x7f)
+                    blen = k;
             snprintf(path, sizeof path, "%s/%llu/messages?%.*s", cv, (unsigned long long)conv_id,
                      (int)(blen < 2048 ? blen : 2048), (const char *)body);
             blen = 0;
@@ -239,7 +244,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                           "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n",
                           method[route], path, fsrv_token((int)uid), blen);
         http_req r;
-        if (hl <= 0 || http_parse_head(head, (size_t)hl, s->cfg.max_head_bytes, &r) != hl)
+        if (hl <= 0 || http_parse_head(head, (size_t)hl, s->cfg.max_head_bytes, &r) != hl ||
+            !r.keep_alive)
             continue; /* a query http_parse_head refuses never reaches rest.c */
         conn *c = fsrv_conn(s, &cl);
         FUZZ_CHECK(c != NULL, "the server closed the connection");
