@@ -863,8 +863,10 @@ static wreq *wreq_new(cluster *cl, const rec_view *rec, uint32_t shard)
     w->id = ++cl->next_id;
     w->shard = shard;
     w->rec = *rec;
-    memcpy(w->data, rec->key, rec->key_len);
-    memcpy(w->data + rec->key_len, rec->body, rec->body_len);
+    if (rec->key_len)
+        memcpy(w->data, rec->key, rec->key_len);
+    if (rec->body_len)
+        memcpy(w->data + rec->key_len, rec->body, rec->body_len);
     w->rec.key = w->data;
     w->rec.body = w->data + rec->key_len;
     w->deadline = srv_now_ms() + CL_WAIT_MS;
@@ -895,8 +897,10 @@ static int send_forward(cluster *cl, wreq *w, uint32_t to)
         free(f);
         return -1;
     }
-    memcpy(f->key.data, w->rec.key, w->rec.key_len);
-    memcpy(f->body.data, w->rec.body, w->rec.body_len);
+    if (w->rec.key_len)
+        memcpy(f->key.data, w->rec.key, w->rec.key_len);
+    if (w->rec.body_len)
+        memcpy(f->body.data, w->rec.body, w->rec.body_len);
     p->fwd[p->nfwd++] = f;
     p->bytes += w->rec.key_len + w->rec.body_len + 64;
     w->sent_to = to;
@@ -1082,8 +1086,10 @@ static void on_forward(cluster *cl, uint32_t from, const Chatlog__Cluster__V1__F
     }
     rec_view r = {.type = (uint8_t)f->type, .conv_id = f->conv_id,
                   .msg_id = f->msg_id, .sender_id = f->sender_id,
-                  .key = f->key.data, .key_len = (uint32_t)f->key.len,
-                  .body = f->body.data, .body_len = (uint32_t)f->body.len};
+                  .key = f->key.len ? f->key.data : (const uint8_t *)"",
+                  .key_len = (uint32_t)f->key.len,
+                  .body = f->body.len ? f->body.data : (const uint8_t *)"",
+                  .body_len = (uint32_t)f->body.len};
     fwd_reply *x = malloc(sizeof *x);
     if (!x) {
         if (key)
