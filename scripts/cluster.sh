@@ -32,6 +32,14 @@ peers() {
     echo "$p"
 }
 
+client_urls() {
+    local u="" i
+    for i in $(seq 1 "$NODES"); do
+        u+="${u:+,}http://127.0.0.1:$((HTTP_BASE + i))"
+    done
+    echo "$u"
+}
+
 secret() { # file
     [ -s "$1" ] || (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$1")
 }
@@ -48,7 +56,7 @@ start_node() { # id [extra chatd flags...]
     mkdir -p "$DIR/n$i"
     local web=()
     [ -d "$BUILD/web" ] && web=(--web-root "$BUILD/web")
-    "$CHATD" --node-id "$i" --peers "$(peers)" \
+    "$CHATD" --node-id "$i" --peers "$(peers)" --client-urls "$(client_urls)" \
         --cluster-secret-file "$DIR/cluster.secret" \
         --data "$DIR/n$i" --listen "127.0.0.1:$((HTTP_BASE + i))" \
         --secret-file chatd.secret "${web[@]}" "$@" >>"$DIR/n$i.log" 2>&1 &

@@ -1811,6 +1811,13 @@ json_t *cluster_status_json(srv *s)
     }
     json_object_set_new(o, "enabled", json_true());
     json_object_set_new(o, "node_id", json_integer(cl->rc.self));
+    /* Where clients may go when this node fails (client_urls). */
+    json_t *urls = json_array();
+    char buf[sizeof s->cfg.client_urls], *save = NULL;
+    snprintf(buf, sizeof buf, "%s", s->cfg.client_urls);
+    for (char *u = strtok_r(buf, ", ", &save); u; u = strtok_r(NULL, ", ", &save))
+        json_array_append_new(urls, json_string(u));
+    json_object_set_new(o, "client_urls", urls);
     json_t *nodes = json_array();
     for (uint32_t i = 0; i < cl->rc.n_nodes; i++) {
         uint32_t id = cl->rc.nodes[i];

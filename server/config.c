@@ -77,6 +77,7 @@ static const setting settings[] = {
     S(cluster_listen, "cluster: address for the other nodes (empty: own entry in peers)"),
     S(cluster_secret_file, "cluster: file holding the secret shared by all nodes"),
     S(cluster_tls_ca, "cluster: CA (PEM) of the nodes' certificates; set: links use TLS"),
+    S(client_urls, "cluster: every node's base URL for clients, comma-separated (clients fail over along it)"),
     U(raft_heartbeat_ms, 10, 10000, "cluster: leader heartbeat interval"),
     U(raft_election_ms, 50, 60000, "cluster: election timeout, uniform in [this, 2 x this)"),
 };

@@ -68,6 +68,8 @@ typedef struct chatd_config {
     char cluster_secret_file[CFG_PATH];
     char cluster_tls_ca[CFG_PATH]; /* set: node links use TLS with tls_cert/
                                       tls_key, peers verified against it */
+    char client_urls[CFG_PATH];    /* every node's base URL for clients,
+                                      comma-separated (web client failover) */
     uint32_t raft_heartbeat_ms;
     uint32_t raft_election_ms;     /* timeouts uniform in [this, 2 × this) */
     uint32_t media_idle_timeout_ms; /* an upload that sends nothing this long */
