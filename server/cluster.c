@@ -741,9 +741,16 @@ static void apply(cluster *cl, uint32_t shard)
     raft_shard_info ri;
     if (raft_shard_info_get(cl->rn, shard, &ri))
         return;
+    /* Committed, and durable here as Raft knows it: the engine's durable
+     * end may include an orphan where Raft's log (already cut in memory)
+     * holds the leader's batches that are not written yet. */
     uint64_t next = 0, durable = 0;
     log_shard_ends(cl->s->log, shard, &next, &durable);
-    uint64_t limit = ri.commit_offset < durable ? ri.commit_offset : durable;
+    uint64_t limit = ri.commit_offset;
+    if (ri.durable_offset < limit)
+        limit = ri.durable_offset;
+    if (durable < limit)
+        limit = durable;
     while (h->applied < limit) {
         ap_ctx x = {cl, limit, h->applied};
         int rc = log_read_from(cl->s->log, shard, h->applied, 1u << 20, apply_cb, &x);
