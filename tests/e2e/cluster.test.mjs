@@ -1,0 +1,154 @@
+// Real-process fault tests of a three-node chatd cluster (issue 6, "Tests in
+// make test"; docs/cluster.md). Each test starts its own cluster
+// (lib/cluster.mjs: three chatd on loopback, a TCP proxy on every node link),
+// puts a steady load of WebSocket senders on it (six users, one device each,
+// spread over the nodes, writing to six group conversations with
+// client_msg_ids and retrying until acked), injects one fault, heals it, and
+// then checks (finish() in lib/cluster.mjs):
+//   - every acked message is stored exactly once, at its acked msg_id, on
+//     every node (REST history from each node), in the same order, msg_ids
+//     dense from 1, nothing stored that was not sent;
+//   - every device received each conversation in msg_id order with no gap
+//     (live Msg frames, and Sync after each reconnect);
+//   - scripts/cluster_check.py finds the committed logs equal;
+//   - every node stops cleanly on SIGTERM and `chatlog verify` passes on all
+//     three data directories.
+// The failover time (fault -> first ack of a write to each affected shard,
+// sent through a surviving node) is printed as a diagnostic.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { SANITIZED, delay } from './lib/harness.mjs';
+import {
+  ClusterHarness, SLOW, setupLoad, acksAfter, finish, failoverProbe,
+} from './lib/cluster.mjs';
+
+const TIMEOUT = SANITIZED ? 150000 : 60000;
+/** Acks of the load to wait for between steps. */
+const STEP = SANITIZED ? 60 : 150;
+
+async function scenario(t, opts, fn) {
+  const h = new ClusterHarness({ log: (m) => t.diagnostic(m), ...opts });
+  let load = null;
+  try {
+    await h.start();
+    load = await setupLoad(h, { log: (m) => h.note(m) });
+    await acksAfter(load.ledger, STEP, 'before the fault');
+    await fn(h, load);
+    await finish(h, load, t);
+  } catch (e) {
+    try { e.message = `${e.message}\n${h.stderrTails()}`; } catch { /* read-only */ }
+    throw e;
+  } finally {
+    if (load) for (const s of load.senders) await s.close().catch(() => {});
+    await h.shutdown().catch(() => {});
+  }
+}
+
+/** Shards that have a test conversation: shard -> first conv in it. */
+function convOfShard(load) {
+  const m = new Map();
+  for (const c of load.convIds) if (!m.has(load.shardOf.get(c))) m.set(load.shardOf.get(c), c);
+  return m;
+}
+
+/** Kill-style fault on the leader of conv 0's shard: returns the victim, and
+ * the probes' failover times (ms) for every shard it led that holds a test
+ * conversation. `fault` performs the fault on node id. */
+async function faultLeader(t, h, load, what, fault) {
+  const leaders = await h.waitReady();
+  const shard = load.shardOf.get(load.convIds[0]);
+  const victim = leaders[shard];
+  const via = h.ids().find((i) => i !== victim);
+  const affected = [...convOfShard(load)].filter(([sh]) => leaders[sh] === victim);
+  h.note(`${what}: node ${victim}, leader of shards ${leaders.map((l, sh) => (l === victim ? sh : null)).filter((x) => x !== null)}`);
+  const since = Date.now();
+  await fault(victim);
+  const times = await Promise.all(affected.map(([sh, conv], k) =>
+    failoverProbe(h, load.ledger, conv, via, since, `${what.replace(/\W+/g, '-')}-${sh}-${k}`)));
+  t.diagnostic(`failover time after ${what} of node ${victim}: ` +
+    affected.map(([sh], k) => `shard ${sh} ${times[k]} ms`).join(', '));
+  return { victim, via, times };
+}
+
+test('cluster: SIGKILL of a shard leader under load, then restart', { timeout: TIMEOUT }, async (t) => {
+  await scenario(t, {}, async (h, load) => {
+    const { victim } = await faultLeader(t, h, load, 'SIGKILL', (id) => h.kill(id));
+    await acksAfter(load.ledger, STEP, 'with the leader dead');
+    await h.restart(victim);
+    await h.waitReady();
+    await acksAfter(load.ledger, STEP, 'after the restart');
+  });
+});
+
+test('cluster: SIGSTOP of a leader longer than the election timeout, then SIGCONT', { timeout: TIMEOUT }, async (t) => {
+  await scenario(t, {}, async (h, load) => {
+    const { victim } = await faultLeader(t, h, load, 'SIGSTOP', (id) => h.sigstop(id));
+    await acksAfter(load.ledger, STEP, 'with the leader stopped');
+    await delay(1000 * SLOW); // well past the election timeout (300-600 ms)
+    h.sigcont(victim);
+    await h.waitReady();
+    await acksAfter(load.ledger, STEP, 'after SIGCONT');
+  });
+});
+
+test('cluster: a partition isolates one node (a leader), then heals', { timeout: TIMEOUT }, async (t) => {
+  await scenario(t, {}, async (h, load) => {
+    let cutAt = 0;
+    let healAt = 0;
+    const { victim } = await faultLeader(t, h, load, 'partition', (id) => { cutAt = Date.now(); h.isolate(id); });
+    // The majority side goes on; the isolated node acks nothing sent after
+    // the cut, and its clients get Error 10 (unavailable) rather than a hang.
+    const before = { ...load.ledger.errors };
+    await acksAfter(load.ledger, STEP, 'during the partition');
+    await delay(5500 * SLOW);
+    healAt = Date.now();
+    h.heal(victim);
+    const unavailable = (load.ledger.errors[10] || 0) - (before[10] || 0);
+    t.diagnostic(`during the partition: ${unavailable} Error 10 answers`);
+    for (const a of load.ledger.acked.values()) {
+      if (a.node === victim && a.firstSent > cutAt + 50 && a.at < healAt) {
+        assert.fail(`node ${victim} acked ${a.uid}/${a.cmid} (sent ${a.firstSent - cutAt} ms after the cut) while cut off`);
+      }
+    }
+    assert.ok(unavailable > 0, 'clients of the isolated node got Error 10 (unavailable)');
+    await h.waitReady();
+    await acksAfter(load.ledger, STEP, 'after healing');
+  });
+});
+
+test('cluster: a node restarted with an empty data directory catches up', { timeout: TIMEOUT }, async (t) => {
+  await scenario(t, {}, async (h, load) => {
+    // A follower of conv 0's shard: it rejoins as a fresh member.
+    const leaders = await h.waitReady();
+    const victim = h.ids().find((i) => i !== leaders[load.shardOf.get(load.convIds[0])]);
+    await h.kill(victim);
+    await acksAfter(load.ledger, STEP, 'with the node down');
+    const t0 = Date.now();
+    await h.restart(victim, { wipe: true });
+    await acksAfter(load.ledger, STEP, 'after the restart');
+    await h.waitReady();
+    t.diagnostic(`node ${victim} back with an empty directory; ready leaders ${Date.now() - t0} ms after its start`);
+  });
+});
+
+test('cluster: two failovers in quick succession, then both nodes restarted', { timeout: TIMEOUT }, async (t) => {
+  await scenario(t, {}, async (h, load) => {
+    const first = await faultLeader(t, h, load, 'SIGKILL (first)', (id) => h.kill(id));
+    // The new leader of the same shard, killed before the first is back:
+    // the shard has no majority until one of them returns.
+    const shard = load.shardOf.get(load.convIds[0]);
+    const second = await h.readyLeader(shard, h.upIds());
+    assert.ok(second && second !== first.victim, `a new leader of shard ${shard} (got ${second})`);
+    await h.kill(second);
+    await delay(500 * SLOW);
+    const since = Date.now();
+    await h.restart(first.victim);
+    const third = h.ids().find((i) => i !== first.victim && i !== second);
+    const ms = await failoverProbe(h, load.ledger, load.convIds[0], third, since, 'double');
+    t.diagnostic(`second failover: shard ${shard} writable ${ms} ms after node ${first.victim} restarted (nodes ${first.victim}, ${third} up)`);
+    await acksAfter(load.ledger, STEP, 'with one node down');
+    await h.restart(second);
+    await h.waitReady();
+    await acksAfter(load.ledger, STEP, 'with all nodes back');
+  });
+});
