@@ -16,6 +16,8 @@
 // The failover time (fault -> first ack of a write to each affected shard,
 // sent through a surviving node) is printed as a diagnostic.
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
 import { test } from 'node:test';
 import { SANITIZED, delay } from './lib/harness.mjs';
 import {
@@ -150,5 +152,78 @@ test('cluster: two failovers in quick succession, then both nodes restarted', { 
     await h.restart(second);
     await h.waitReady();
     await acksAfter(load.ledger, STEP, 'with all nodes back');
+  });
+});
+
+// (6) of issue 6 wants a bit flipped in a *sealed* segment. chatd has no
+// setting for the segment size (the engine's log_options.segment_bytes is
+// fixed at its 64 MiB default in server/srv.c; only `chatlog gen` takes
+// --segment-size), so a test would have to write 64 MiB into one shard to
+// seal a segment. Not faked here: skipped until chatd grows a segment size
+// setting (then: flip a bit inside a .zlog/.log that is not the active one).
+test('cluster: a bit flipped in a sealed segment of one node', {
+  skip: 'TODO(issue 6, case 6): chatd has no --segment-size setting, so no sealed segment exists in a test-sized log',
+}, () => {});
+
+/** The active (newest) segment file of a shard in a data directory. */
+function activeSegment(dataDir, shard) {
+  const d = path.join(dataDir, `shard-${String(shard).padStart(4, '0')}`);
+  const segs = fs.readdirSync(d).filter((f) => /^\d{20}\.(z?log)$/.test(f)).sort();
+  return path.join(d, segs[segs.length - 1]);
+}
+
+/** Wait until no node reports a faulty range, a recovering replica or a
+ * failed shard (bounded). */
+async function waitRepaired(h, what) {
+  const end = Date.now() + 15000 * SLOW;
+  for (;;) {
+    h.assertAlive();
+    const st = await h.statuses();
+    const bad = Object.entries(st).flatMap(([i, s]) => (s ? s.shards : [{ shard: '*', down: true }])
+      .filter((x) => x.down || x.faulty_ranges || x.recovering || x.failed)
+      .map((x) => `node ${i} shard ${x.shard}: ${x.down ? 'no status' : `faulty ${x.faulty_ranges} recovering ${x.recovering} failed ${x.failed}`}`));
+    if (!bad.length) return;
+    if (Date.now() > end) assert.fail(`${what}: not repaired in 15 s: ${bad.join('; ')}`);
+    await delay(100);
+  }
+}
+
+test('cluster: a bit flipped in the middle of one node\'s segment is repaired from the others', { timeout: TIMEOUT }, async (t) => {
+  await scenario(t, {}, async (h, load) => {
+    await acksAfter(load.ledger, STEP * 2, 'to fill the segments');
+    const shard = load.shardOf.get(load.convIds[0]);
+    const leaders = await h.waitReady();
+    const x = h.ids().find((i) => i !== leaders[shard]); // a follower
+    await h.kill(x);
+    const f = activeSegment(h.node(x).dataDir, shard);
+    const buf = fs.readFileSync(f);
+    const pos = Math.floor(buf.length * 0.4);
+    buf[pos] ^= 0x10;
+    fs.writeFileSync(f, buf);
+    h.note(`node ${x}: flipped bit 4 of byte ${pos} of ${path.relative(h.root, f)} (${buf.length} bytes)`);
+    await h.restart(x);
+    await waitRepaired(h, `node ${x} after the bit flip in shard ${shard}`);
+    await h.waitReady();
+    await acksAfter(load.ledger, STEP, 'after the repair');
+  });
+});
+
+test('cluster: a truncated segment on one node (another shard) is caught up from the others', { timeout: TIMEOUT }, async (t) => {
+  await scenario(t, {}, async (h, load) => {
+    await acksAfter(load.ledger, STEP * 2, 'to fill the segments');
+    const shards = [...convOfShard(load).keys()];
+    const shard = shards[1] ?? shards[0];
+    const leaders = await h.waitReady();
+    const y = h.ids().find((i) => i !== leaders[shard]); // a follower
+    await h.kill(y);
+    const f = activeSegment(h.node(y).dataDir, shard);
+    const size = fs.statSync(f).size;
+    const cut = Math.floor(size * 0.6) + 3;
+    fs.truncateSync(f, cut);
+    h.note(`node ${y}: truncated ${path.relative(h.root, f)} from ${size} to ${cut} bytes`);
+    await h.restart(y);
+    await waitRepaired(h, `node ${y} after the cut in shard ${shard}`);
+    await h.waitReady();
+    await acksAfter(load.ledger, STEP, 'after the catch-up');
   });
 });

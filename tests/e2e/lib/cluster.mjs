@@ -21,7 +21,8 @@
 //
 // Everything this module starts is stopped by ClusterHarness.shutdown() (the
 // tests call it in a finally) and, failing that, SIGKILLed at process exit.
-import { spawn, execFile } from 'node:child_process';
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
@@ -203,6 +204,7 @@ export class ClusterNode extends ChatdServer {
     this.secretFile = path.join(root, 'jwt.secret');
     this.httpPort = httpPort;
     this.stopped = false; // SIGSTOPped
+    this.expectDown = false; // killed or stopped by the test
   }
 
   /** Start on this node's fixed HTTP port (retried while a dead
@@ -213,6 +215,7 @@ export class ClusterNode extends ChatdServer {
       try {
         await this._spawn(this.httpPort);
         this.stopped = false;
+        this.expectDown = false;
         return this;
       } catch (e) {
         lastErr = e;
@@ -228,6 +231,7 @@ export class ClusterNode extends ChatdServer {
   }
 
   async stop() {
+    this.expectDown = true;
     if (this.running && this.stopped) { this.proc.kill('SIGCONT'); this.stopped = false; }
     return super.stop();
   }
@@ -255,6 +259,16 @@ export class ClusterHarness {
   node(id) { return this.nodes.get(id); }
   /** Nodes whose process runs and is not stopped. */
   upIds() { return this.ids().filter((i) => this.node(i).running && !this.node(i).stopped); }
+
+  /** Throw if a node exited that the test did not kill or stop. */
+  assertAlive() {
+    for (const i of this.ids()) {
+      const nd = this.node(i);
+      if (!nd.running && !nd.expectDown) {
+        throw new Error(`node ${i} exited by itself (code ${nd.exit?.code}, signal ${nd.exit?.signal}); its stderr ends:\n${nd.stderrTail(3000)}`);
+      }
+    }
+  }
 
   note(msg) { this.log(`[${((Date.now() - this.t0) / 1000).toFixed(2)}s] ${msg}`); }
 
@@ -359,6 +373,7 @@ export class ClusterHarness {
     const end = Date.now() + timeout;
     let last = '';
     for (;;) {
+      this.assertAlive();
       const use = ids || this.upIds().filter((i) => !this.isolated.has(i));
       const leaders = [];
       let ok = true;
@@ -379,6 +394,7 @@ export class ClusterHarness {
   async waitConverged({ timeout = 20000 * SLOW } = {}) {
     const end = Date.now() + timeout;
     for (;;) {
+      this.assertAlive();
       const ids = this.upIds();
       const st = await this.statuses(ids);
       let ok = ids.every((i) => st[i]?.shards?.length === this.shards);
@@ -402,6 +418,7 @@ export class ClusterHarness {
 
   async kill(id) {
     const nd = this.node(id);
+    nd.expectDown = true;
     if (nd.stopped) nd.stopped = false;
     await nd.kill();
     this.note(`node ${id} SIGKILLed`);
@@ -902,6 +919,8 @@ export function acksAfter(ledger, count, what, timeout = 20000 * SLOW) {
  */
 export async function finish(h, load, t) {
   const { ledger, convIds, senders } = load;
+  h.assertAlive();
+  for (const i of h.ids()) assert.ok(h.node(i).running && !h.node(i).stopped, `node ${i} is up for the final checks`);
   await Promise.all(senders.map((s) => s.drain()));
   await h.waitReady();
   await h.waitConverged();
