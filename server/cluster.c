@@ -431,6 +431,8 @@ typedef struct rd_ctx {
     uint64_t end; /* stop once a batch reaches it */
     uint8_t *buf;
     size_t len, cap;
+    const raft_batch *want; /* the descriptors the bytes must match */
+    size_t nwant;
 } rd_ctx;
 
 static int rd_cb(void *arg, const batch_header *h, const uint8_t *bytes,
@@ -441,6 +443,12 @@ static int rd_cb(void *arg, const batch_header *h, const uint8_t *bytes,
     (void)n;
     if (h->first_offset >= x->end)
         return 1;
+    /* Only what Raft's log holds leaves this node. */
+    if (!x->nwant || x->want->first_offset != h->first_offset ||
+        x->want->count != h->record_count || x->want->term != h->term)
+        return CL_EMISPLACED;
+    x->want++;
+    x->nwant--;
     if (grow((void **)&x->buf, &x->cap, x->len + h->length, 1))
         return CL_ENOMEM;
     memcpy(x->buf + x->len, bytes, h->length);
@@ -465,12 +473,14 @@ static int read_batches(cluster *cl, uint32_t shard, const raft_batch *b, size_t
         while (j < n && !(b[j].flags & RAFT_BATCH_NOOP))
             j++;
         x->end = b[j - 1].first_offset + b[j - 1].count;
+        x->want = &b[i];
+        x->nwant = j - i;
         size_t before = x->len;
         int rc = log_read_from(cl->s->log, shard, b[i].first_offset, 0, rd_cb, x);
         if (rc < 0)
             return rc;
-        /* Fewer bytes than asked: the batches are not durable here yet. */
-        if (x->len == before)
+        /* Fewer batches than asked: not durable here yet. */
+        if (x->len == before || x->nwant)
             return CL_ENOTFOUND;
         i = j;
     }
