@@ -161,6 +161,22 @@ int zlog_load(io_vfs *io, io_file *f, uint32_t shard_id, uint64_t base,
               zblock **blocks_out, uint32_t *nblocks_out);
 /* Decompress block b of f into out (reserved by the call). */
 int zlog_read_block(io_vfs *io, io_file *f, const zblock *b, rbuf *out);
+/* Bytes of a .zlog's header and block table with its checksum. */
+size_t zlog_table_end(uint32_t nblocks);
+/* The checks of zlog_load on bytes in memory: t[0..tlen) holds at least the
+ * header and block table of a .zlog of fsize bytes. Returns 0 and the block
+ * table (caller frees), CL_ETRUNC (tlen too short for the table the header
+ * announces), CL_ECORRUPT, CL_ENOMEM. */
+int zlog_parse(const uint8_t *t, size_t tlen, uint64_t fsize,
+               uint32_t shard_id, uint64_t base, uint64_t *end,
+               uint64_t *raw_size, uint64_t *records, zblock **blocks_out,
+               uint32_t *nblocks_out);
+/* Check the hash of block b's compressed bytes comp[0..b->comp_len) and
+ * decompress them into out. 0, CL_ECORRUPT, CL_ENOMEM. */
+int zlog_decompress_block(const uint8_t *comp, const zblock *b, rbuf *out);
+/* Write p[0..len) as the whole file path (created or truncated) and
+ * fdatasync it; the file is removed again on failure. */
+int seg_write_file(io_vfs *io, const char *path, const uint8_t *p, size_t len);
 
 /* Sidecar index: one entry per record of a sealed segment, in offset order
  * (the entry's offset is base + its index). */
@@ -177,6 +193,10 @@ typedef struct side_ent {
 int sidecar_write(io_vfs *io, const char *shard_dir, uint32_t shard_id,
                   const seg *sg, const side_ent *ents, uint64_t n,
                   uint64_t *bytes);
+/* The checks of sidecar_load on a whole .idx file in memory. */
+int sidecar_parse(const uint8_t *file, uint64_t fsize, uint32_t shard_id,
+                  uint64_t base, uint64_t end, uint64_t raw_size,
+                  side_ent **out, uint64_t *n);
 /* Returns 0 and the entries (caller frees), CL_ECORRUPT/CL_ETRUNC when the
  * file is bad or does not match the segment, -ENOENT, -errno. */
 int sidecar_load(io_vfs *io, const char *path, uint32_t shard_id,
@@ -193,7 +213,39 @@ typedef struct wchain {
     void *arg;
 } wchain;
 
-enum { PK_APPEND = 0, PK_WRITE = 1 };
+/* A verified segment waiting to be installed (log_segment_install): the
+ * received files, and what checking them found. Built by segship__check. */
+typedef struct seg_install {
+    uint64_t base, end, last_term;
+    uint64_t first_term; /* term of its first batch */
+    uint64_t raw_size;
+    int64_t max_ts;
+    uint8_t *zlog;
+    size_t zlog_len;
+    uint8_t *idx;
+    size_t idx_len;
+    zblock *blocks; /* the .zlog's block table */
+    uint32_t nblocks;
+    side_ent *ents; /* one per record, offset base + i */
+    log_write_cb cb;
+    void *arg;
+} seg_install;
+
+/* engine/segship.c: check received files completely (see log.h); 0 and
+ * *out (free with segship__free), or CL_EINVAL, CL_ECORRUPT, CL_EMISPLACED,
+ * CL_ETOOBIG, CL_ENOMEM. */
+int segship__check(log_t *log, uint32_t shard_id, const log_segment_files *f,
+                   seg_install **out);
+void segship__free(seg_install *in);
+/* Write an installed segment's files: tmp-<base>.idx and tmp-<base>.zlog
+ * synced, then renamed in that order, then the directory synced. *committed
+ * is set once the .zlog rename was made (from then on recovery finds the
+ * whole segment, or nothing if the directory sync did not happen). On a
+ * failure before that, every file written is removed again. */
+int segship__write_files(io_vfs *io, const char *shard_dir,
+                         const seg_install *in, int *committed);
+
+enum { PK_APPEND = 0, PK_WRITE = 1, PK_INSTALL = 2 };
 
 /* One queue entry: an appended record or a chunk of received batches. */
 typedef struct pending {
@@ -218,6 +270,7 @@ typedef struct pending {
     uint64_t end;       /* PK_WRITE: offset after the chunk */
     uint64_t max_term;  /* PK_WRITE: highest batch term in the chunk */
     wchain *chain;      /* PK_WRITE */
+    seg_install *inst;  /* PK_INSTALL */
     uint8_t data[];     /* PK_APPEND: key, body; PK_WRITE: the batches */
 } pending;
 

@@ -370,12 +370,15 @@ static void *sealer_main(void *arg)
 /* ---- the writer ---- */
 
 static int shard_cut(shard *s, uint64_t offset);
+static void process_install(shard *s, pending *p);
 
 /* Free one queue entry (and a write chain with its last chunk). */
 static void pending_free(pending *p)
 {
     if (p->kind == PK_WRITE && p->last)
         free(p->chain);
+    if (p->kind == PK_INSTALL)
+        segship__free(p->inst);
     free(p);
 }
 
@@ -385,6 +388,9 @@ static void pending_done(pending *p, int status, const log_append_result *res)
     if (p->kind == PK_APPEND) {
         if (p->cb)
             p->cb(p->arg, status, status ? NULL : res);
+    } else if (p->kind == PK_INSTALL) {
+        if (p->inst->cb)
+            p->inst->cb(p->inst->arg, status, status ? 0 : p->inst->end);
     } else if (p->last) {
         if (status == 0 && p->chain->err)
             status = p->chain->err;
@@ -904,6 +910,15 @@ static pending *take_group(shard *s, uint32_t *count_out, uint32_t *nrec_out)
     while (p) {
         uint64_t add = 0;
         int status = 0;
+        if (p->kind == PK_INSTALL) {
+            /* A segment install runs alone: it replaces the active segment. */
+            if (count)
+                break;
+            p->status = 0;
+            count = 1;
+            tail = p;
+            break;
+        }
         if (p->kind == PK_APPEND) {
             if (p->fenced && p->term != term)
                 status = CL_ESTALE;
@@ -997,7 +1012,10 @@ static void *writer_main(void *arg)
         pending *head = take_group(s, &count, &nrec);
         s->busy = 1;
         pthread_mutex_unlock(&s->qmu);
-        process_group(s, head, count, nrec);
+        if (head->kind == PK_INSTALL)
+            process_install(s, head);
+        else
+            process_group(s, head, count, nrec);
         pthread_mutex_lock(&s->qmu);
         s->busy = 0;
         pthread_cond_broadcast(&s->idlecond);
@@ -1952,6 +1970,215 @@ int log_truncate_from(log_t *log, uint32_t shard_id, uint64_t offset)
     writer_pause(s);
     int rc = shard_cut(s, offset);
     writer_resume(s);
+    return rc;
+}
+
+/* ---- replication: installing a shipped segment ---- */
+
+/* The term of the shard's last batch (0 for an empty log), read from the
+ * newest segment that holds records. Writer thread. */
+static int last_batch_term(shard *s, uint64_t *term)
+{
+    int rc = 0;
+    *term = 0;
+    pthread_rwlock_rdlock(&s->lock);
+    for (uint32_t i = s->nsegs; i-- > 0;) {
+        const seg *sg = s->segs[i];
+        if (sg->end == sg->base || sg->raw_size == 0)
+            continue;
+        uint64_t boff;
+        uint64_t pos = sparse_pos(sg, sg->end - 1, &boff);
+        rctx r = {0};
+        while (pos < sg->raw_size) {
+            const uint8_t *b;
+            batch_header h;
+            if ((rc = seg_read_batch_locked(s, sg, pos, &r, &b, &h)))
+                break;
+            *term = h.term;
+            pos += h.length;
+        }
+        rctx_free(&r);
+        break;
+    }
+    pthread_rwlock_unlock(&s->lock);
+    return rc;
+}
+
+/* Give back the msg_ids claimed for the first n entries of an install. */
+static void unclaim_locked(shard *s, const seg_install *in, uint64_t n)
+{
+    for (uint64_t i = 0; i < n; i++) {
+        if (in->ents[i].type != REC_MESSAGE)
+            continue;
+        conv *c = idx_find(&s->convs, in->ents[i].conv_id);
+        if (c)
+            c->assigned = c->n;
+    }
+}
+
+/* Take the install's msg_ids: each must continue its conversation. */
+static int claim_locked(shard *s, const seg_install *in)
+{
+    uint64_t n = in->end - in->base;
+    for (uint64_t i = 0; i < n; i++) {
+        const side_ent *e = &in->ents[i];
+        if (e->type != REC_MESSAGE)
+            continue;
+        conv *c = idx_get(&s->convs, e->conv_id);
+        int rc = !c ? CL_ENOMEM : e->msg_id != c->assigned + 1 ? CL_EINVAL : 0;
+        if (rc) {
+            unclaim_locked(s, in, i);
+            return rc;
+        }
+        c->assigned = e->msg_id;
+    }
+    return 0;
+}
+
+/* Writer thread: install a checked segment (log_segment_install) in place
+ * of the empty active segment. */
+static void process_install(shard *s, pending *p)
+{
+    log_t *log = s->log;
+    io_vfs *io = log->io;
+    seg_install *in = p->inst;
+    uint64_t n = in->end - in->base;
+    done_group *g = malloc(sizeof *g);
+    int rc = s->failed;
+    if (rc || !g) {
+        fail_group(s, g, p, 1, rc ? rc : CL_ENOMEM);
+        return;
+    }
+    seg *act = s->nsegs ? s->segs[s->nsegs - 1] : NULL;
+    if (!act || act->state != SEG_ACTIVE || act->raw_size != 0 ||
+        act->base != in->base || s->next_offset != in->base)
+        rc = CL_EINVAL; /* the log does not end at base, or holds records
+                           in its active segment */
+    uint64_t last_term = 0;
+    if (rc == 0 && (rc = last_batch_term(s, &last_term)) == 0 &&
+        in->first_term < last_term)
+        rc = CL_EINVAL; /* terms never decrease along a log */
+    if (rc == 0) {
+        pthread_rwlock_wrlock(&s->lock); /* idx_get may insert */
+        rc = claim_locked(s, in);
+        pthread_rwlock_unlock(&s->lock);
+    }
+    if (rc) {
+        fail_group(s, g, p, 1, rc);
+        return;
+    }
+
+    int committed = 0;
+    io_file *zf = NULL;
+    char path[PATH_MAX_LEN];
+    rc = segship__write_files(io, s->dir, in, &committed);
+    if (rc == 0) {
+        name_segment(path, sizeof path, s->dir, in->base, SUFFIX_ZLOG, 0);
+        rc = io->open(io, path, IO_RDONLY, &zf);
+    }
+    if (rc) {
+        int sticky = committed || (rc != -ENOSPC && rc != CL_ENOMEM);
+        pthread_rwlock_wrlock(&s->lock);
+        unclaim_locked(s, in, n);
+        pthread_rwlock_unlock(&s->lock);
+        if (sticky)
+            set_failed(s, rc);
+        log__msg(log, sticky ? LOG_ERROR : LOG_WARN,
+                 "shard %u: installing segment %020llu failed: %s%s", s->id,
+                 (unsigned long long)in->base, cl_strerror(rc),
+                 sticky ? "; shard is now read-only" : "");
+        fail_group(s, g, p, 1, rc);
+        return;
+    }
+
+    /* Durable: the active segment becomes the installed one, then a new
+     * active segment starts at its end. */
+    int idx_err = 0;
+    pthread_rwlock_wrlock(&s->lock);
+    io_file *old = act->f;
+    act->f = zf;
+    act->blocks = in->blocks;
+    act->nblocks = in->nblocks;
+    in->blocks = NULL;
+    act->state = SEG_COMPRESSED;
+    act->end = in->end;
+    act->raw_size = in->raw_size;
+    act->records = n;
+    act->disk_bytes = in->zlog_len + in->idx_len;
+    act->nsparse = 0;
+    act->sparse_last_pos = 0;
+    for (uint64_t i = 0; i < n; i++) {
+        const side_ent *e = &in->ents[i];
+        if ((i == 0 || e->pos != in->ents[i - 1].pos) &&
+            seg_sparse_add(act, in->base + i, e->pos))
+            idx_err = CL_ENOMEM;
+        if (e->type != REC_MESSAGE)
+            continue;
+        conv *c = idx_find(&s->convs, e->conv_id);
+        if (!c || c->n + 1 != e->msg_id ||
+            idx_push(c, loc_pack(act->ord, e->pos, e->rec_idx)))
+            idx_err = CL_ENOMEM;
+        s->messages++;
+    }
+    s->records += n;
+    if (in->max_ts > s->last_ts)
+        s->last_ts = in->max_ts;
+    s->next_offset = s->durable_offset = in->end;
+    s->gen++;
+    seg *nsg;
+    rc = shard__new_segment_locked(s, in->end, &nsg);
+    pthread_rwlock_unlock(&s->lock);
+    io->close(old);
+    if (rc == 0) {
+        /* The empty <base>.log is a leftover now (recovery rule 2 would
+         * remove it too). */
+        name_segment(path, sizeof path, s->dir, in->base, SUFFIX_LOG, 0);
+        io->unlink(io, path);
+        io->fsync_dir(io, s->dir);
+    } else {
+        log__msg(log, LOG_ERROR, "shard %u: cannot start a segment after the "
+                 "installed %020llu: %s; shard is now read-only", s->id,
+                 (unsigned long long)in->base, cl_strerror(rc));
+        set_failed(s, rc);
+    }
+    if (idx_err)
+        set_failed(s, idx_err); /* durable, but the index could not take it */
+    pthread_mutex_lock(&s->qmu);
+    if (in->last_term > s->term)
+        s->term = in->last_term;
+    pthread_mutex_unlock(&s->qmu);
+    g->s = s;
+    g->list = p;
+    g->count = 1;
+    g->nents = 0;
+    g->status = 0;
+    complete_group(s, g);
+}
+
+int log_segment_install(log_t *log, uint32_t shard_id,
+                        const log_segment_files *f, log_write_cb cb, void *arg)
+{
+    if (log->opt.read_only || shard_id >= log->nshards || !f || !f->zlog ||
+        !f->idx || f->end <= f->base || f->end > UINT64_MAX / 2)
+        return CL_EINVAL;
+    seg_install *in;
+    int rc = segship__check(log, shard_id, f, &in);
+    if (rc)
+        return rc;
+    in->cb = cb;
+    in->arg = arg;
+    pending *p = calloc(1, sizeof *p);
+    if (!p) {
+        segship__free(in);
+        return CL_ENOMEM;
+    }
+    p->kind = PK_INSTALL;
+    p->inst = in;
+    p->offset = in->base;
+    p->end = in->end;
+    rc = enqueue(log, &log->shards[shard_id], p, p, 1, 0, 0);
+    if (rc)
+        pending_free(p);
     return rc;
 }
 

@@ -220,6 +220,92 @@ int log_batch_each(log_t *log, uint32_t shard,
 int log_shard_ends(log_t *log, uint32_t shard, uint64_t *next,
                    uint64_t *durable);
 
+/* ---- replication: shipping sealed segments ----
+ * A follower far behind (or with an empty data directory) takes a peer's
+ * sealed, compressed segments whole instead of batch by batch: the peer
+ * reads them with log_segment_files_get, the follower installs them one by
+ * one, oldest first, with log_segment_install, then takes the tail with
+ * log_write_batches. The files travel as they are on disk (formats in
+ * docs/storage.md); the follower checks every byte before writing any. */
+
+/* A sealed segment of a shard as files: the compressed segment and its
+ * sidecar index, read whole (the leader's side of segment shipping). */
+typedef struct log_segment_files {
+    uint64_t base, end; /* offsets [base, end) */
+    uint64_t last_term; /* term of its last batch */
+    uint8_t *zlog;
+    size_t zlog_len;
+    uint8_t *idx;
+    size_t idx_len;
+} log_segment_files;
+
+/* Segment i (0-based, oldest first, as log_segment_info_get) of the shard,
+ * if it is sealed and compressed: reads both files whole into *out,
+ * verifying the .zlog's header and block-table checksum and the sidecar's
+ * checksum and header (not every block: the receiver checks those), and
+ * reads the last block for last_term. Returns 0, CL_ENOTFOUND (no segment
+ * i), CL_EINVAL (bad shard, or segment i not sealed and compressed yet: the
+ * active segment, one the sealer has not finished, a log opened with
+ * no_compress, or one whose sidecar is being rewritten), CL_ECORRUPT (the
+ * files fail those checks), -errno, CL_ENOMEM. On error *out is zeroed.
+ * The caller owns the buffers: free with log_segment_files_free. Safe while
+ * the log is live (writer, sealer): the files are opened under the shard's
+ * lock and read after it (a sealed .zlog and its .idx are never changed in
+ * place), so the result is the segment as it was when the call began. */
+int log_segment_files_get(log_t *log, uint32_t shard, uint32_t i,
+                          log_segment_files *out);
+/* Free the buffers of *f and zero it. Accepts a zeroed struct. */
+void log_segment_files_free(log_segment_files *f);
+
+/* Install a sealed segment received from another replica at the end of the
+ * shard's log (the follower's side). The shard's log must end exactly at
+ * f->base with its active segment empty: a shard whose active segment holds
+ * records is refused (CL_EINVAL), even when it ends at f->base.
+ *
+ * Checked now, before anything is queued: the .zlog's header (shard, base,
+ * end, raw size, records) and block-table checksum; every block's hash, and
+ * that it decompresses to exactly its raw length of whole batches; every
+ * batch (batch_verify_at: checksum, layout, this shard, offsets contiguous
+ * from base to end), at most BATCH_MAX_BYTES and LOG_MAX_WRITE_BYTES each,
+ * terms not decreasing, the last one's term == f->last_term; every record's
+ * conv_id in this shard (REC_NOOP all zero), REC_MESSAGE msg_ids not 0 and
+ * consecutive per conversation within the segment; the received sidecar's
+ * checksum and header, and each of its entries equal to the one derived
+ * from the batches (the received sidecar is verified, then written as
+ * received; it is not trusted). Checked by the writer when it reaches the
+ * install: the log ends at f->base with the active segment empty, the first
+ * batch's term is not below the term of the log's last batch, and each
+ * conversation's first msg_id in the segment continues the index (as
+ * log_write_batches requires).
+ *
+ * Queued on the shard's writer in order with appends and log_write_batches,
+ * and run alone between groups. The writer writes tmp-<base>.idx and
+ * tmp-<base>.zlog (each fdatasynced), renames the .idx and then the .zlog
+ * into place, fsyncs the directory; then the segment joins the shard as
+ * sealed and compressed, the index takes its records, a new active segment
+ * starts at f->end (the old empty <base>.log is removed), and the shard's
+ * term rises to f->last_term if below. cb(arg, 0, f->end) follows on an
+ * engine thread once that is durable; on_commit is not called for installed
+ * records (read them with log_read_from). Errors passed to cb: CL_EINVAL
+ * (the log does not end at f->base, its active segment holds records, a
+ * term or msg_id does not continue the log), -ENOSPC (nothing installed;
+ * the shard goes on), -EIO or another -errno (the shard fails, as for
+ * appends), CL_EFAILED, CL_ECLOSED, CL_ENOMEM.
+ *
+ * Returns 0 (cb called exactly once later), or an immediate error and cb is
+ * never called: CL_EINVAL (bad arguments, read-only log, end <= base),
+ * CL_ECORRUPT or CL_EMISPLACED (bad bytes: nothing written), CL_ETOOBIG,
+ * CL_EBUSY, CL_EFAILED, CL_EDAMAGED, CL_ECLOSED, CL_ENOMEM. f's buffers are
+ * copied; the caller may free them on return.
+ *
+ * Crash rules (recovery/recovery.c): the tmp- files are deleted; a
+ * <base>.idx beside an empty active <base>.log (a crash between the two
+ * renames) is deleted; a <base>.zlog beside <base>.log is the segment (the
+ * .log is removed). So a crash leaves either no segment or the whole one. */
+int log_segment_install(log_t *log, uint32_t shard,
+                        const log_segment_files *f, log_write_cb cb,
+                        void *arg);
+
 /* ---- reading ---- */
 
 /* A set of entries with the memory behind them; free with

@@ -63,6 +63,7 @@
 #define SIDE_ENTRY 24
 #define ZBLOCK_TARGET (64u << 10)
 #define ZSTD_LEVEL 3
+#define SIDE_MAX_FILE (256ull << 20)
 
 /* ---- names ---- */
 
@@ -400,6 +401,58 @@ out:
     return 0;
 }
 
+int zlog_parse(const uint8_t *t, size_t tlen, uint64_t fsize,
+               uint32_t shard_id, uint64_t base, uint64_t *end,
+               uint64_t *raw_size, uint64_t *records, zblock **blocks_out,
+               uint32_t *nblocks_out)
+{
+    if (tlen < ZLOG_HEADER)
+        return CL_ETRUNC;
+    uint32_t nb = get_u32(t + 12);
+    if (get_u32(t) != ZLOG_MAGIC || get_u16(t + 4) != 1 ||
+        get_u16(t + 6) != 0 || get_u32(t + 8) != shard_id ||
+        get_u64(t + 16) != base || nb == 0 ||
+        (uint64_t)nb * ZLOG_ENTRY + ZLOG_HEADER + 8 > fsize)
+        return CL_ECORRUPT;
+    size_t table_end = zlog_table_end(nb);
+    if (tlen < table_end)
+        return CL_ETRUNC;
+    if (XXH3_64bits(t, table_end - 8) != get_u64(t + table_end - 8))
+        return CL_ECORRUPT;
+    zblock *bl = calloc(nb, sizeof *bl);
+    if (!bl)
+        return CL_ENOMEM;
+    uint64_t rpos = 0, fpos = table_end;
+    for (uint32_t i = 0; i < nb; i++) {
+        const uint8_t *e = t + ZLOG_HEADER + (size_t)ZLOG_ENTRY * i;
+        bl[i] = (zblock){get_u64(e), get_u32(e + 8), get_u32(e + 12),
+                         get_u64(e + 16), get_u64(e + 24)};
+        if (bl[i].raw_pos != rpos || bl[i].file_pos != fpos ||
+            bl[i].raw_len == 0 || bl[i].raw_len > BATCH_MAX_BYTES + ZBLOCK_TARGET ||
+            bl[i].comp_len > fsize - fpos) {
+            free(bl);
+            return CL_ECORRUPT;
+        }
+        rpos += bl[i].raw_len;
+        fpos += bl[i].comp_len;
+    }
+    if (rpos != get_u64(t + 32) || fpos != fsize || get_u64(t + 24) < base) {
+        free(bl);
+        return CL_ECORRUPT;
+    }
+    *end = get_u64(t + 24);
+    *raw_size = rpos;
+    *records = get_u64(t + 40);
+    *blocks_out = bl;
+    *nblocks_out = nb;
+    return 0;
+}
+
+size_t zlog_table_end(uint32_t nblocks)
+{
+    return ZLOG_HEADER + (size_t)ZLOG_ENTRY * nblocks + 8;
+}
+
 int zlog_load(io_vfs *io, io_file *f, uint32_t shard_id, uint64_t base,
               uint64_t *end, uint64_t *raw_size, uint64_t *records,
               zblock **blocks_out, uint32_t *nblocks_out)
@@ -415,53 +468,42 @@ int zlog_load(io_vfs *io, io_file *f, uint32_t shard_id, uint64_t base,
     if (n < (ssize_t)sizeof hdr)
         return CL_ETRUNC;
     uint32_t nb = get_u32(hdr + 12);
-    if (get_u32(hdr) != ZLOG_MAGIC || get_u16(hdr + 4) != 1 ||
-        get_u16(hdr + 6) != 0 || get_u32(hdr + 8) != shard_id ||
-        get_u64(hdr + 16) != base || nb == 0 ||
-        (uint64_t)nb * ZLOG_ENTRY + ZLOG_HEADER + 8 > fsize)
+    if (nb == 0 || (uint64_t)nb * ZLOG_ENTRY + ZLOG_HEADER + 8 > fsize)
         return CL_ECORRUPT;
-    size_t table_end = ZLOG_HEADER + (size_t)ZLOG_ENTRY * nb + 8;
+    size_t table_end = zlog_table_end(nb);
     uint8_t *t = malloc(table_end);
-    zblock *bl = calloc(nb, sizeof *bl);
-    if (!t || !bl) {
-        free(t);
-        free(bl);
+    if (!t)
         return CL_ENOMEM;
-    }
     n = io->pread(f, t, table_end, 0);
-    if (n < 0) {
+    if (n < 0)
         rc = (int)n;
-        goto fail;
-    }
-    rc = CL_ECORRUPT;
-    if ((size_t)n != table_end ||
-        XXH3_64bits(t, table_end - 8) != get_u64(t + table_end - 8))
-        goto fail;
-    uint64_t rpos = 0, fpos = table_end;
-    for (uint32_t i = 0; i < nb; i++) {
-        const uint8_t *e = t + ZLOG_HEADER + (size_t)ZLOG_ENTRY * i;
-        bl[i] = (zblock){get_u64(e), get_u32(e + 8), get_u32(e + 12),
-                         get_u64(e + 16), get_u64(e + 24)};
-        if (bl[i].raw_pos != rpos || bl[i].file_pos != fpos ||
-            bl[i].raw_len == 0 || bl[i].raw_len > BATCH_MAX_BYTES + ZBLOCK_TARGET ||
-            bl[i].comp_len > fsize - fpos)
-            goto fail;
-        rpos += bl[i].raw_len;
-        fpos += bl[i].comp_len;
-    }
-    if (rpos != get_u64(hdr + 32) || fpos != fsize || get_u64(hdr + 24) < base)
-        goto fail;
-    *end = get_u64(hdr + 24);
-    *raw_size = rpos;
-    *records = get_u64(hdr + 40);
-    *blocks_out = bl;
-    *nblocks_out = nb;
+    else if ((size_t)n != table_end)
+        rc = CL_ECORRUPT;
+    else
+        rc = zlog_parse(t, table_end, fsize, shard_id, base, end, raw_size,
+                        records, blocks_out, nblocks_out);
+    if (rc == CL_ETRUNC)
+        rc = CL_ECORRUPT; /* the size said the table fits */
     free(t);
-    return 0;
-fail:
-    free(t);
-    free(bl);
     return rc;
+}
+
+int zlog_decompress_block(const uint8_t *comp, const zblock *b, rbuf *out)
+{
+    if (XXH3_64bits(comp, b->comp_len) != b->hash)
+        return CL_ECORRUPT;
+    int rc = rbuf_reserve(out, b->raw_len ? b->raw_len : 1);
+    if (rc)
+        return rc;
+    size_t got = ZSTD_decompress(out->p, b->raw_len, comp, b->comp_len);
+    if (ZSTD_isError(got) || got != b->raw_len)
+        return CL_ECORRUPT;
+    return 0;
+}
+
+int seg_write_file(io_vfs *io, const char *path, const uint8_t *p, size_t len)
+{
+    return write_all_sync(io, path, p, len, NULL);
 }
 
 /* ---- sidecar ---- */
@@ -517,33 +559,14 @@ out:
     return rc;
 }
 
-int sidecar_load(io_vfs *io, const char *path, uint32_t shard_id,
-                 uint64_t base, uint64_t end, uint64_t raw_size,
-                 side_ent **out, uint64_t *nout)
+int sidecar_parse(const uint8_t *file, uint64_t fsize, uint32_t shard_id,
+                  uint64_t base, uint64_t end, uint64_t raw_size,
+                  side_ent **out, uint64_t *nout)
 {
-    io_file *f;
-    int rc = io->open(io, path, IO_RDONLY, &f);
-    if (rc)
-        return rc;
-    uint64_t fsize;
-    uint8_t *file = NULL, *plain = NULL;
+    uint8_t *plain = NULL;
     side_ent *ents = NULL;
-    if ((rc = io->size(f, &fsize)))
-        goto out;
-    rc = CL_ECORRUPT;
-    if (fsize < SIDE_HEADER + 8 || fsize > (256ull << 20))
-        goto out;
-    if (!(file = malloc(fsize))) {
-        rc = CL_ENOMEM;
-        goto out;
-    }
-    ssize_t n = io->pread(f, file, fsize, 0);
-    if (n < 0) {
-        rc = (int)n;
-        goto out;
-    }
-    rc = CL_ECORRUPT;
-    if ((uint64_t)n != fsize ||
+    int rc = CL_ECORRUPT;
+    if (fsize < SIDE_HEADER + 8 || fsize > SIDE_MAX_FILE ||
         XXH3_64bits(file, fsize - 8) != get_u64(file + fsize - 8))
         goto out;
     uint64_t cnt = get_u64(file + 40), clen = get_u64(file + 48);
@@ -576,9 +599,40 @@ int sidecar_load(io_vfs *io, const char *path, uint32_t shard_id,
     ents = NULL;
     rc = 0;
 out:
-    io->close(f);
-    free(file);
     free(plain);
     free(ents);
+    return rc;
+}
+
+int sidecar_load(io_vfs *io, const char *path, uint32_t shard_id,
+                 uint64_t base, uint64_t end, uint64_t raw_size,
+                 side_ent **out, uint64_t *nout)
+{
+    io_file *f;
+    int rc = io->open(io, path, IO_RDONLY, &f);
+    if (rc)
+        return rc;
+    uint64_t fsize;
+    uint8_t *file = NULL;
+    if ((rc = io->size(f, &fsize)))
+        goto out;
+    rc = CL_ECORRUPT;
+    if (fsize < SIDE_HEADER + 8 || fsize > SIDE_MAX_FILE)
+        goto out;
+    if (!(file = malloc(fsize))) {
+        rc = CL_ENOMEM;
+        goto out;
+    }
+    ssize_t n = io->pread(f, file, fsize, 0);
+    if (n < 0) {
+        rc = (int)n;
+        goto out;
+    }
+    rc = (uint64_t)n != fsize ? CL_ECORRUPT
+                              : sidecar_parse(file, fsize, shard_id, base, end,
+                                              raw_size, out, nout);
+out:
+    io->close(f);
+    free(file);
     return rc;
 }

@@ -43,6 +43,13 @@
  *    reported — never deleted. (The segment before it was recovered as a
  *    sealed one; if the stray file was the last, a new active segment
  *    follows it.)
+ * 7. The active segment has no sidecar: a <base>.idx beside the last raw
+ *    segment is stale and deleted. It is left by a crash between the two
+ *    renames of a segment install (log_segment_install renames the received
+ *    <base>.idx, then <base>.zlog, into place beside the empty active
+ *    <base>.log) or during a truncation into a sealed segment. Once the
+ *    installed <base>.zlog is in place, rule 2 makes it the segment and
+ *    deletes the empty .log: a crash leaves no segment or the whole one.
  * In read-only mode nothing is deleted, truncated or created: a torn tail is
  * reported and left out of reads.
  */
@@ -545,6 +552,14 @@ static int recover_segment(shard *s, uint64_t base, int is_zlog, int is_last,
 
     if ((rc = open_file(s, base, SUFFIX_LOG, &sg->f)))
         goto fail;
+    if (is_last && have_idx && !ro) {
+        /* Rule 7: the active segment has no sidecar; one beside it is
+         * stale (an install or a truncation was interrupted). */
+        remove_file(s, base, SUFFIX_IDX);
+        io->fsync_dir(io, s->dir);
+        log__msg(log, LOG_INFO, "shard %u: removed stale sidecar of active "
+                 "segment %020llu", s->id, (unsigned long long)base);
+    }
     uint64_t fsize;
     if ((rc = io->size(sg->f, &fsize)))
         goto fail;
