@@ -151,6 +151,10 @@ typedef struct conn {
      * REST requests before it are answered (conn_http_resume). */
     int paused, resumed, ev_paused;
     int in_flushq;
+    /* CORS: the 1-based index in client_urls of the Origin of the request
+     * being answered (conn_cors_match), 0 for none; conn_send_blob adds
+     * Access-Control-Allow-Origin for it to HTTP answers. */
+    int cors_origin;
     struct conn *next_flush; /* srv->flushq */
     struct conn *next_all, *prev_all; /* srv->conns, or srv->dead */
 } conn;
@@ -297,6 +301,11 @@ void conn_http_resume(srv *s, uint64_t conn_id);
 
 /* rest.c (JSON API); returns 0 or -1 to close the connection */
 int rest_handle(conn *c, const http_req *r, const uint8_t *body, size_t blen);
+
+/* CORS (docs/api.md): the 1-based index of the client_urls entry whose
+ * origin (scheme://host[:port]) r's Origin header names, or 0 when there is
+ * no Origin header or it names no listed origin. */
+int conn_cors_match(srv *s, const http_req *r);
 
 /* http responses */
 void conn_http_reply(conn *c, int status, const char *ctype, const void *body,

@@ -39,6 +39,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -76,6 +77,104 @@ void blob_unref(blob *b)
 }
 
 conn *conn_find(srv *s, uint64_t id) { return map_get(&s->conn_by_id, id); }
+
+/* ---- CORS ----
+ *
+ * In a cluster the web client served by one node talks to the others (REST,
+ * media) once its own node is gone, so their answers must be readable by a
+ * page of another origin. A request whose Origin header names the origin of
+ * one of client_urls is answered with Access-Control-Allow-Origin naming it
+ * and Vary: Origin (conn_send_blob adds both to every HTTP answer of the
+ * request, whichever module rendered it); any other origin gets no CORS
+ * headers, so a browser keeps its pages from reading the answers. Preflight
+ * OPTIONS requests are answered in rest.c. The WebSocket upgrade does not
+ * look at Origin: a session is authenticated by the token in its Hello,
+ * never by a cookie, so a foreign page gains nothing by opening one. */
+
+/* The n-th (1-based) entry of the comma- or space-separated client_urls as
+ * an origin: scheme://host[:port], scheme and host lowercase, a default port
+ * (80 for http, 443 for https) dropped, into out (NUL-terminated). Returns
+ * its length; 0 when the entry is not an http(s) URL; -1 when there are
+ * fewer than n entries. */
+static int cors_origin_at(const srv *s, int n, char *out, size_t cap)
+{
+    const char *p = s->cfg.client_urls;
+    for (int i = 1;; i++) {
+        while (*p == ',' || *p == ' ')
+            p++;
+        if (!*p)
+            return -1;
+        size_t len = strcspn(p, ", ");
+        if (i < n) {
+            p += len;
+            continue;
+        }
+        const char *sep = memchr(p, ':', len);
+        if (!sep || (size_t)(sep - p) + 3 > len || memcmp(sep, "://", 3))
+            return 0;
+        size_t slen = (size_t)(sep - p);
+        int https = slen == 5 && !strncasecmp(p, "https", 5);
+        if (!https && !(slen == 4 && !strncasecmp(p, "http", 4)))
+            return 0;
+        const char *host = sep + 3, *end = p + len;
+        size_t hlen = 0;
+        while (host + hlen < end && host[hlen] != '/' && host[hlen] != '?' && host[hlen] != '#')
+            hlen++;
+        const char *dflt = https ? ":443" : ":80";
+        if (hlen > strlen(dflt) && !memcmp(host + hlen - strlen(dflt), dflt, strlen(dflt)))
+            hlen -= strlen(dflt);
+        if (!hlen || slen + 3 + hlen + 1 > cap)
+            return 0;
+        size_t k = 0;
+        for (size_t j = 0; j < slen; j++)
+            out[k++] = (char)(p[j] | 0x20);
+        memcpy(out + k, "://", 3);
+        k += 3;
+        for (size_t j = 0; j < hlen; j++)
+            out[k++] = host[j] >= 'A' && host[j] <= 'Z' ? (char)(host[j] | 0x20) : host[j];
+        out[k] = 0;
+        return (int)k;
+    }
+}
+
+int conn_cors_match(srv *s, const http_req *r)
+{
+    const char *origin = http_header_get(r, "Origin");
+    if (!origin || !s->cfg.client_urls[0])
+        return 0;
+    char o[256];
+    int n;
+    for (int i = 1; (n = cors_origin_at(s, i, o, sizeof o)) >= 0; i++)
+        if (n > 0 && !strcasecmp(o, origin))
+            return i;
+    return 0;
+}
+
+/* b (an HTTP answer: status line, headers, body) with the CORS headers of
+ * c->cors_origin after its status line; NULL when b is not such an answer,
+ * is a 1xx (100 Continue, 101 to a WebSocket), or memory runs out. */
+static blob *cors_added(conn *c, const blob *b)
+{
+    char origin[256], hdrs[300];
+    if (c->is_ws || b->len < 13 || memcmp(b->data, "HTTP/1.", 7) || b->data[9] == '1' ||
+        cors_origin_at(c->srv, c->cors_origin, origin, sizeof origin) <= 0)
+        return NULL;
+    const uint8_t *eol = memchr(b->data, '\n', b->len);
+    if (!eol)
+        return NULL;
+    size_t at = (size_t)(eol - b->data) + 1;
+    int n = snprintf(hdrs, sizeof hdrs, "Access-Control-Allow-Origin: %s\r\nVary: Origin\r\n",
+                     origin);
+    if (n < 0 || (size_t)n >= sizeof hdrs)
+        return NULL;
+    blob *x = blob_new(b->len + (size_t)n);
+    if (!x)
+        return NULL;
+    memcpy(x->data, b->data, at);
+    memcpy(x->data + at, hdrs, (size_t)n);
+    memcpy(x->data + at + n, b->data + at, b->len - at);
+    return x;
+}
 
 /* A streaming request body in progress (see the top of this file). */
 struct conn_body {
@@ -252,6 +351,17 @@ void conn_send_blob(conn *c, blob *b)
     if (c->dead || (c->close_after_flush && c->state == CS_CLOSING)) {
         return;
     }
+    if (c->cors_origin && !c->is_ws) {
+        blob *x = cors_added(c, b);
+        if (x) {
+            int o = c->cors_origin;
+            c->cors_origin = 0;
+            conn_send_blob(c, x);
+            c->cors_origin = o;
+            blob_unref(x);
+            return;
+        }
+    }
     b->refs++;
     enqueue(c, b);
     if (c->dead)
@@ -372,16 +482,17 @@ void conn_reap(srv *s)
 
 /* ---- HTTP ---- */
 
-void conn_http_reply(conn *c, int status, const char *ctype, const void *body,
-                     size_t len, int keep_alive)
+/* An answer with extra header lines (hdrs: "Name: value\r\n"..., or NULL). */
+static void http_reply_hdrs(conn *c, int status, const char *ctype, const char *hdrs,
+                            const void *body, size_t len, int keep_alive)
 {
-    char head[512];
+    char head[4096];
     int n = snprintf(head, sizeof head,
                      "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
-                     "Cache-Control: no-store\r\n%s\r\n",
-                     status, http_reason(status), ctype, len,
+                     "Cache-Control: no-store\r\n%s%s\r\n",
+                     status, http_reason(status), ctype, len, hdrs ? hdrs : "",
                      keep_alive ? "" : "Connection: close\r\n");
-    blob *b = blob_new((size_t)n + len);
+    blob *b = n > 0 && (size_t)n < sizeof head ? blob_new((size_t)n + len) : NULL;
     if (!b) {
         conn_close(c, 0, NULL);
         return;
@@ -393,6 +504,12 @@ void conn_http_reply(conn *c, int status, const char *ctype, const void *body,
         c->close_after_flush = 1;
     conn_send_blob(c, b);
     blob_unref(b);
+}
+
+void conn_http_reply(conn *c, int status, const char *ctype, const void *body,
+                     size_t len, int keep_alive)
+{
+    http_reply_hdrs(c, status, ctype, NULL, body, len, keep_alive);
 }
 
 void conn_http_error(conn *c, int status, int code, const char *msg,
@@ -483,6 +600,29 @@ static const char *content_type(const char *path)
     return "application/octet-stream";
 }
 
+/* The Content-Security-Policy header of a page (web/index.html): it may
+ * connect to and load images from this origin and every client_urls origin
+ * (over http(s) and ws(s)), where the web client fails over to. The page's
+ * own <meta> policy allows any http(s)/ws(s) origin there so that it works
+ * behind other servers too; a browser enforces both, so under chatd the
+ * narrower one here is what holds. */
+static void page_csp(const srv *s, char *out, size_t cap)
+{
+    char o[256], conn_src[1400] = "'self'", img_src[1400] = "'self' data: blob:";
+    size_t cl = strlen(conn_src), il = strlen(img_src);
+    int n;
+    for (int i = 1; (n = cors_origin_at(s, i, o, sizeof o)) >= 0; i++) {
+        if (n <= 0 || cl + 2 * (size_t)n + 8 >= sizeof conn_src || il + (size_t)n + 2 >= sizeof img_src)
+            continue;
+        int tls = !strncmp(o, "https:", 6);
+        cl += (size_t)snprintf(conn_src + cl, sizeof conn_src - cl, " %s %s%s", o,
+                               tls ? "wss" : "ws", o + (tls ? 5 : 4));
+        il += (size_t)snprintf(img_src + il, sizeof img_src - il, " %s", o);
+    }
+    snprintf(out, cap, "Content-Security-Policy: connect-src %s; img-src %s\r\n", conn_src,
+             img_src);
+}
+
 /* GET a file under web_root. Only plain names ([A-Za-z0-9._-] segments, no
  * segment starting with '.') are served, so no path can leave the root. */
 static void serve_static(conn *c, const http_req *r, int ka)
@@ -521,8 +661,13 @@ static void serve_static(conn *c, const http_req *r, int ka)
         conn_http_error(c, 500, GW_EINTERNAL, "cannot read file", 0);
         return;
     }
-    conn_http_reply(c, 200, content_type(p), strcmp(r->method, "HEAD") ? body : "",
-                    strcmp(r->method, "HEAD") ? got : 0, ka);
+    char csp[3072];
+    int page = !strcmp(content_type(p), "text/html; charset=utf-8");
+    if (page)
+        page_csp(c->srv, csp, sizeof csp);
+    http_reply_hdrs(c, 200, content_type(p), page ? csp : NULL,
+                    strcmp(r->method, "HEAD") ? body : "", strcmp(r->method, "HEAD") ? got : 0,
+                    ka);
     free(body);
 }
 
@@ -676,6 +821,7 @@ static ssize_t handle_http(conn *c, char *buf, size_t len, size_t *ws_rest)
             conn_http_error(c, -hl, GW_EBADFRAME, "bad HTTP request", 0);
             return -1;
         }
+        c->cors_origin = conn_cors_match(s, &r);
         if (r.content_length > media_body_limit(s, &r)) {
             conn_http_error(c, 413, GW_ETOOLARGE, "request body too large", 0);
             return -1;

@@ -14,6 +14,8 @@
  *   GET  /api/v1/media/:sha256/url                mint a signed URL (media.c)
  *   GET  /api/v1/cluster                          replication status (cluster.c;
  *                                                 no token, like /metrics)
+ *   OPTIONS /api/v1/...                           CORS preflight (the CORS rules
+ *                                                 are in conn.c, "CORS")
  * An unknown path is 404, a known path with another method 405 (with Allow),
  * then a missing or bad bearer token 401. Every error body is
  * {"error":{"code":N,"name":"...","message":"..."}} with the chat.v1 error
@@ -100,6 +102,10 @@ typedef struct req {
     uint64_t conn_id;
     int keep_alive;
     int deferred; /* answered later: its connection is busy until then */
+    int cors_origin; /* conn_cors_match of the request: set on the
+                      * connection when the answer goes (conn.c adds the
+                      * CORS headers), since a pipelined request after this
+                      * one may have set another by then */
 } req;
 
 static void handle(req *rq, const http_req *r, const uint8_t *body, size_t blen);
@@ -186,6 +192,7 @@ static void deliver(req *rq, blob *b)
     } else if (c) {
         if (!rq->keep_alive)
             c->close_after_flush = 1;
+        c->cors_origin = rq->cors_origin;
         conn_send_blob(c, b);
     }
     blob_unref(b);
@@ -1521,9 +1528,24 @@ static void h_media(req *rq, const http_req *r, const uint8_t *body, size_t blen
         reply_json(rq, status, out);
 }
 
+/* A CORS preflight (OPTIONS, any path under /api/): what a page of a listed
+ * origin may send. conn.c adds Access-Control-Allow-Origin for a listed
+ * Origin and nothing for any other, which the browser takes as a refusal. */
+#define REST_PREFLIGHT                                                        \
+    "Allow: GET, POST, DELETE, OPTIONS\r\n"                                    \
+    "Access-Control-Allow-Methods: GET, POST, DELETE\r\n"                      \
+    "Access-Control-Allow-Headers: Authorization, Content-Type\r\n"           \
+    "Access-Control-Max-Age: 600\r\n"
+
 static void handle(req *rq, const http_req *r, const uint8_t *body, size_t blen)
 {
     uint64_t conv_id = 0, uid = 0;
+    rq->cors_origin = conn_cors_match(rq->s, r);
+    if (!strcmp(r->method, "OPTIONS")) {
+        reply_raw(rq, 204, rq->cors_origin ? REST_PREFLIGHT : "Allow: GET, POST, DELETE, OPTIONS\r\n",
+                  NULL, 0);
+        return;
+    }
     if (!strcmp(r->path, PUSH_REST_PATH)) {
         h_push(rq, r, body, blen);
         return;

@@ -106,6 +106,7 @@ export class Chatd {
     this.proc = null;
     this.port = 0;
     this.log = '';
+    this.extraArgs = []; // more chatd flags
   }
 
   get base() { return `http://127.0.0.1:${this.port}`; }
@@ -127,7 +128,7 @@ export class Chatd {
 
   spawn(port) {
     const args = ['--data', path.join(this.dir, 'data'), '--listen', `127.0.0.1:${port}`,
-      '--secret-file', this.secretFile, '--web-root', WEB_ROOT];
+      '--secret-file', this.secretFile, '--web-root', WEB_ROOT, ...(this.extraArgs || [])];
     const proc = spawn(CHATD, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     this.proc = proc;
     live.add(proc);
@@ -224,4 +225,117 @@ export async function screenshot(page, name) {
   if (!SCREENSHOTS) return;
   fs.mkdirSync(SCREENSHOTS, { recursive: true });
   await page.screenshot({ path: path.join(SCREENSHOTS, `${name}.png`), timeout: WAIT_MS });
+}
+
+/** A three-node chatd cluster on loopback for the failover test: every node
+ * on its own free HTTP and cluster ports, with its own temp data directory;
+ * one JWT secret (tokens work on every node) and one cluster secret; short
+ * Raft timeouts; --client-urls listing every node and --web-root on all.
+ * kill(i) SIGKILLs node i, startNode(i) brings it back on the same ports and
+ * data, stop() ends every node (SIGTERM, then SIGKILL). */
+export class ChatdCluster {
+  constructor(n = 3, { heartbeatMs = 50, electionMs = 300 } = {}) {
+    this.n = n;
+    this.heartbeatMs = heartbeatMs;
+    this.electionMs = electionMs;
+    this.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'chatd-web-cluster-'));
+    tempDirs.add(this.dir);
+    this.secretFile = path.join(this.dir, 'secret');
+    fs.writeFileSync(this.secretFile, crypto.randomBytes(32).toString('hex'), { mode: 0o600 });
+    this.clusterSecretFile = path.join(this.dir, 'cluster.secret');
+    fs.writeFileSync(this.clusterSecretFile, crypto.randomBytes(32).toString('hex'), { mode: 0o600 });
+    this.nodes = []; // 1-based: { id, http, peer, proc, exited, log }
+  }
+
+  base(i) { return `http://127.0.0.1:${this.nodes[i].http}`; }
+
+  async start() {
+    const ports = new Set();
+    while (ports.size < 2 * this.n) ports.add(await freePort());
+    const list = [...ports];
+    for (let i = 1; i <= this.n; i++) this.nodes[i] = { id: i, http: list[2 * i - 2], peer: list[2 * i - 1], proc: null, log: '' };
+    await Promise.all(this.nodes.slice(1).map((nd) => this.startNode(nd.id)));
+    await this.waitLeaders();
+    return this;
+  }
+
+  startNode(i) {
+    const nd = this.nodes[i];
+    const peers = this.nodes.slice(1).map((x) => `${x.id}=127.0.0.1:${x.peer}`).join(',');
+    const urls = this.nodes.slice(1).map((x) => `http://127.0.0.1:${x.http}`).join(',');
+    const args = ['--node-id', String(i), '--peers', peers, '--client-urls', urls,
+      '--cluster-secret-file', this.clusterSecretFile, '--raft-heartbeat-ms', String(this.heartbeatMs),
+      '--raft-election-ms', String(this.electionMs), '--data', path.join(this.dir, `n${i}`),
+      '--listen', `127.0.0.1:${nd.http}`, '--secret-file', this.secretFile, '--web-root', WEB_ROOT];
+    const proc = spawn(CHATD, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    nd.proc = proc;
+    live.add(proc);
+    nd.exited = new Promise((resolve) => proc.on('exit', (code, signal) => { live.delete(proc); resolve({ code, signal }); }));
+    proc.stderr.setEncoding('utf8');
+    proc.stderr.on('data', (d) => { nd.log = (nd.log + d).slice(-200000); });
+    proc.stdout.setEncoding('utf8');
+    let out = '';
+    const ready = new Promise((resolve, reject) => {
+      proc.stdout.on('data', (d) => {
+        out += d;
+        if (/chatd listening on http:\/\/127\.0\.0\.1:\d+/.test(out)) resolve();
+      });
+      proc.on('error', reject);
+      nd.exited.then((e) => reject(new Error(`node ${i} exited before listening (${e.code ?? e.signal}): ${nd.log.slice(-2000)}`)));
+    });
+    return withTimeout(ready, WAIT_MS, `node ${i} to listen`);
+  }
+
+  /** GET /api/v1/cluster of node i, or null (down, slow). */
+  async status(i) {
+    try {
+      const res = await fetch(`${this.base(i)}/api/v1/cluster`, { signal: AbortSignal.timeout(1000) });
+      return res.ok ? await res.json() : null;
+    } catch {
+      return null;
+    }
+  }
+
+  /** Until every shard has a leader among the nodes that are up, as node
+   * `from` (default: the first live one) sees it. */
+  async waitLeaders(from = 0) {
+    const up = this.nodes.slice(1).filter((nd) => nd.proc && nd.proc.exitCode === null && nd.proc.signalCode === null);
+    const at = from || up[0].id;
+    const alive = new Set(up.map((nd) => nd.id));
+    await until(async () => {
+      const st = await this.status(at);
+      return st?.shards?.length && st.shards.every((s) => alive.has(s.leader) && (s.leader !== at || s.ready !== false));
+    }, `a leader for every shard (seen from node ${at})`, { timeout: WAIT_MS * 2 });
+  }
+
+  kill(i) {
+    const nd = this.nodes[i];
+    nd.proc.kill('SIGKILL');
+    return withTimeout(nd.exited, WAIT_MS, `node ${i} to die`);
+  }
+
+  /** SIGTERM every node still running and wait; SIGKILL after WAIT_MS. */
+  async stop() {
+    await Promise.all(this.nodes.slice(1).map(async (nd) => {
+      const proc = nd.proc;
+      if (!proc || proc.exitCode !== null || proc.signalCode !== null) return;
+      proc.kill('SIGTERM');
+      try {
+        await withTimeout(nd.exited, WAIT_MS, `node ${nd.id} to exit`);
+      } catch {
+        proc.kill('SIGKILL');
+        await nd.exited;
+      }
+    }));
+  }
+
+  token(uid, ttl = 3600) {
+    return execFileSync(CHATD, ['token', '--secret-file', this.secretFile, '--user', String(uid), '--ttl', String(ttl)],
+      { encoding: 'utf8' }).trim();
+  }
+
+  cleanup() {
+    fs.rmSync(this.dir, { recursive: true, force: true });
+    tempDirs.delete(this.dir);
+  }
 }
