@@ -72,6 +72,16 @@
  * makes, without a process per user). At the end chatd gets SIGTERM and
  * must exit 0.
  *
+ * Servers started elsewhere (--connect HOST:PORT,...; issue 6's cluster
+ * benchmark, scripts/bench-cluster.sh): no chatd is started or stopped, the
+ * tokens are minted from --secret-file, REST setup goes to the first server,
+ * and each phase's sessions are spread over the servers: session i on server
+ * i mod N (--placement all; in a cluster most writes are then forwarded to
+ * their shard's leader), or on the server that leads the conversation's
+ * shard as GET /api/v1/cluster says just before the phase (--placement
+ * leaders). CPU and memory are summed over the --pids given, /metrics over
+ * the servers. The idle phase needs a chatd of its own.
+ *
  * WebSocket client side (RFC 6455 §5.3): every client frame is masked with a
  * fresh key. Server frames are parsed by hand, and the hot ServerFrame kinds
  * (Msg, Ack, Pong) are decoded with a small protobuf wire reader instead of
@@ -117,12 +127,14 @@
 #include <unistd.h>
 
 #include "chat.pb-c.h"
+#include "log.h"
 
 #ifndef IP_BIND_ADDRESS_NO_PORT
 #define IP_BIND_ADDRESS_NO_PORT 24
 #endif
 
 #define MAX_WORKERS 64
+#define MAX_TARGETS 8
 #define RBUF_SIZE (256 * 1024)
 #define MAX_HANDSHAKES 128 /* per worker, in progress at once */
 #define DRAIN_NS (5 * NS)
@@ -138,6 +150,10 @@
 
 static struct {
     const char *chatd;
+    const char *connect;     /* --connect: servers already running */
+    const char *secret_file; /* their JWT secret */
+    const char *pids;        /* their process ids, for CPU and memory */
+    int leaders_only;        /* --placement leaders */
     double seconds, warmup;
     int workers;
     int pairs, body_bytes;
@@ -197,7 +213,18 @@ static void usage(FILE *f)
             "  --idle-per-addr N     sessions per source address 127.0.0.x [5000]\n"
             "  --idle-timeout S      a session not past Hello by then is 'stuck' [15]\n"
             "  --chatd-arg ARG       pass ARG to chatd (repeatable; e.g. --chatd-arg=--shards=4)\n"
-            "  --keep                keep the temporary directory (data, chatd.log)\n");
+            "  --keep                keep the temporary directory (data, chatd.log)\n\n"
+            "Against servers that are already running (e.g. a cluster) instead:\n"
+            "  --connect LIST        comma-separated HOST:PORT (IPv4) of chatd nodes; no chatd\n"
+            "                        is started and none is stopped. Sessions are spread\n"
+            "                        over the nodes, REST setup goes to the first one\n"
+            "  --secret-file F       their JWT secret (required with --connect)\n"
+            "  --pids LIST           their process ids, same order, for the CPU and memory\n"
+            "                        figures (summed over the nodes; optional)\n"
+            "  --placement all|leaders\n"
+            "                        all: session i on node i mod N [all]; leaders: every\n"
+            "                        session on the node that leads its conversation's shard\n"
+            "                        (GET /api/v1/cluster on each node before each phase)\n");
 }
 
 /* ---- time ---- */
@@ -329,6 +356,7 @@ typedef struct spec {
     uint64_t conv_id; /* its conversation (0: none) */
     uint8_t sender;   /* sends into conv_id */
     uint32_t src;     /* source address 127.0.0.src; 0 = don't bind */
+    uint8_t target;   /* index into tgt[]: the server it connects to */
 } spec;
 
 typedef struct phase {
@@ -345,9 +373,17 @@ typedef struct phase {
 /* ---- the server under test ---- */
 
 static char tmpdir[256];
-static char secret[65];
-static int port;
-static pid_t chatd_pid;
+static char secret[256];
+static pid_t chatd_pid; /* the chatd this process started, if any */
+
+/* The servers under test: the one chatd started here, or the --connect
+ * list. pid 0: unknown (no CPU or memory figures for it). */
+static struct target {
+    uint32_t addr; /* IPv4, network byte order */
+    int port;
+    pid_t pid;
+} tgt[MAX_TARGETS];
+static int ntgt;
 static pid_t worker_pids[MAX_WORKERS];
 
 static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
@@ -1172,7 +1208,7 @@ static void on_connected(lconn *c)
                      "GET /ws HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\n"
                      "Connection: Upgrade\r\nSec-WebSocket-Key: %s==\r\n"
                      "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: chat.v1\r\n\r\n",
-                     port, k64);
+                     tgt[c->sp->target].port, k64);
     out_reserve(c, (size_t)n);
     memcpy(c->out + c->outlen, req, (size_t)n);
     c->outlen += (size_t)n;
@@ -1225,8 +1261,9 @@ static void start_conn(worker *w, lconn *c)
             return;
         }
     }
-    struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    to.sin_addr.s_addr = htonl(0x7f000001u);
+    struct sockaddr_in to = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)tgt[sp->target].port)};
+    to.sin_addr.s_addr = tgt[sp->target].addr;
     c->state = ST_CONNECTING;
     w->handshaking++;
     if (connect(c->fd, (struct sockaddr *)&to, sizeof to) && errno != EINPROGRESS) {
@@ -1488,7 +1525,8 @@ static int worker_main(const phase *ph, int idx, int syncfd)
 
 /* ---- main process: chatd, REST, phases ---- */
 
-static int connect_local(int timeout_ms)
+/* A blocking connection to server t. */
+static int connect_to(int t, int timeout_ms)
 {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
@@ -1496,8 +1534,8 @@ static int connect_local(int timeout_ms)
     struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    to.sin_addr.s_addr = htonl(0x7f000001u);
+    struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons((uint16_t)tgt[t].port)};
+    to.sin_addr.s_addr = tgt[t].addr;
     if (connect(fd, (struct sockaddr *)&to, sizeof to)) {
         close(fd);
         return -1;
@@ -1574,9 +1612,9 @@ static int http_read(int fd, rbuf_t *rb, char **body, size_t *blen)
     }
 }
 
-static int http_get(const char *path, char **body)
+static int http_get_at(int t, const char *path, char **body)
 {
-    int fd = connect_local(3000);
+    int fd = connect_to(t, 3000);
     if (fd < 0)
         return -1;
     char req[256];
@@ -1610,25 +1648,30 @@ typedef struct msnap {
     double rejected;
 } msnap;
 
+/* /metrics of every server, summed (ok only if every one answered). */
 static msnap metrics_snap(void)
 {
-    msnap m = {0};
-    char *b = NULL;
-    if (http_get("/metrics", &b) == 200 && b) {
-        m.ok = 1;
-        m.appended = metric(b, "chatd_messages_appended_total");
-        m.deliveries = metric(b, "chatd_deliveries_total");
-        m.frames_in = metric(b, "chatd_frames_in_total");
-        m.frames_out = metric(b, "chatd_frames_out_total");
-        m.slow = metric(b, "chatd_slow_consumer_disconnects_total");
-        m.batches = metric(b, "chatd_fsync_batch_records_count");
-        m.batch_records = metric(b, "chatd_fsync_batch_records_sum");
-        m.errors = metric(b, "chatd_errors_total");
-        m.append_ms_sum = metric(b, "chatd_append_latency_ms_sum");
-        m.append_n = metric(b, "chatd_append_latency_ms_count");
-        m.rejected = metric(b, "chatd_connections_rejected_total");
+    msnap m = {.ok = 1};
+    for (int t = 0; t < ntgt; t++) {
+        char *b = NULL;
+        if (http_get_at(t, "/metrics", &b) != 200 || !b) {
+            m.ok = 0;
+            free(b);
+            continue;
+        }
+        m.appended += metric(b, "chatd_messages_appended_total");
+        m.deliveries += metric(b, "chatd_deliveries_total");
+        m.frames_in += metric(b, "chatd_frames_in_total");
+        m.frames_out += metric(b, "chatd_frames_out_total");
+        m.slow += metric(b, "chatd_slow_consumer_disconnects_total");
+        m.batches += metric(b, "chatd_fsync_batch_records_count");
+        m.batch_records += metric(b, "chatd_fsync_batch_records_sum");
+        m.errors += metric(b, "chatd_errors_total");
+        m.append_ms_sum += metric(b, "chatd_append_latency_ms_sum");
+        m.append_n += metric(b, "chatd_append_latency_ms_count");
+        m.rejected += metric(b, "chatd_connections_rejected_total");
+        free(b);
     }
-    free(b);
     return m;
 }
 
@@ -1636,7 +1679,7 @@ static msnap metrics_snap(void)
  * connection. creators[i] makes body[i]; conv_ids[i] gets the result. */
 static void rest_create(size_t n, const uint64_t *creators, char **bodies, uint64_t *conv_ids)
 {
-    int fd = connect_local(30000);
+    int fd = connect_to(0, 30000);
     if (fd < 0)
         die("REST: cannot connect to chatd: %s", strerror(errno));
     rbuf_t rb = {0};
@@ -1819,6 +1862,31 @@ static mcpu machine_cpu(void)
     return m;
 }
 
+/* The servers under test together: CPU (main threads, other threads) and
+ * VmRSS; -1 for memory when no process id is known. */
+static cpu servers_cpu(void)
+{
+    cpu c = {0, 0};
+    for (int t = 0; t < ntgt; t++)
+        if (tgt[t].pid > 0) {
+            cpu x = proc_cpu(tgt[t].pid);
+            c.loop += x.loop;
+            c.other += x.other;
+        }
+    return c;
+}
+
+static long servers_rss_kb(void)
+{
+    long kb = -1;
+    for (int t = 0; t < ntgt; t++) {
+        long x = tgt[t].pid > 0 ? rss_kb(tgt[t].pid) : -1;
+        if (x >= 0)
+            kb = (kb < 0 ? 0 : kb) + x;
+    }
+    return kb;
+}
+
 static double workers_cpu(int n)
 {
     double s = 0;
@@ -1844,8 +1912,10 @@ static void start_chatd(void)
     if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) ||
         getsockname(fd, (struct sockaddr *)&sa, &sl))
         die("cannot find a free port: %s", strerror(errno));
-    port = ntohs(sa.sin_port);
+    int port = ntohs(sa.sin_port);
     close(fd);
+    ntgt = 1;
+    tgt[0] = (struct target){htonl(0x7f000001u), port, 0};
     snprintf(listen, sizeof listen, "127.0.0.1:%d", port);
     snprintf(path, sizeof path, "%s", opt.chatd);
     const char *argv[64];
@@ -1894,6 +1964,7 @@ static void start_chatd(void)
         _exit(127);
     }
     chatd_pid = pid;
+    tgt[0].pid = pid;
     int64_t deadline = now_ns() + 20 * NS;
     for (;;) {
         int status;
@@ -1902,7 +1973,7 @@ static void start_chatd(void)
             die("chatd exited at start (status %d); see %s", status, log);
         }
         char *b = NULL;
-        int st = http_get("/healthz", &b);
+        int st = http_get_at(0, "/healthz", &b);
         free(b);
         if (st == 200)
             break;
@@ -1940,6 +2011,7 @@ static int stop_chatd(void)
 typedef struct presult {
     wstats tot;
     double seconds;
+    double cpu_seconds; /* between the two CPU samples (about seconds) */
     cpu srv0, srv1;
     double gen_cpu;
     double others_cpu; /* the rest of the machine: other processes, kernel threads */
@@ -2052,19 +2124,21 @@ static void sum_stats(const phase *ph, wstats *t)
     }
 }
 
-/* Wait until chatd has closed what the last phase left behind: only our
- * own /metrics request open. */
+/* Wait until every server has closed what the last phase left behind:
+ * only our own /metrics request open. */
 static void wait_server_settled(void)
 {
     int64_t deadline = now_ns() + 60 * NS;
-    while (now_ns() < deadline) {
-        char *b = NULL;
-        int st = http_get("/metrics", &b);
-        double open = st == 200 && b ? metric(b, "chatd_connections_open") : -1;
-        free(b);
-        if (open >= 0 && open <= 1)
-            break;
-        sleep_ms(100);
+    for (int t = 0; t < ntgt; t++) {
+        while (now_ns() < deadline) {
+            char *b = NULL;
+            int st = http_get_at(t, "/metrics", &b);
+            double open = st == 200 && b ? metric(b, "chatd_connections_open") : -1;
+            free(b);
+            if (open >= 0 && open <= 1)
+                break;
+            sleep_ms(100);
+        }
     }
     sleep_ms(300);
 }
@@ -2090,21 +2164,25 @@ static void run_load_phase(const phase *ph, presult *r)
     r->seconds = opt.seconds;
     tell_all(ph, 'G');
     sleep_until(shm->t_meas0);
-    r->m0 = metrics_snap();
-    r->rss0_kb = rss_kb(chatd_pid);
-    r->srv0 = proc_cpu(chatd_pid);
+    /* CPU first, /metrics after: an overloaded server can take seconds to
+     * answer, which must not shift the CPU window. */
+    int64_t c0 = now_ns();
+    r->srv0 = servers_cpu();
     double g0 = workers_cpu(ph->nworkers);
     mcpu b0 = machine_cpu();
+    r->rss0_kb = servers_rss_kb();
+    r->m0 = metrics_snap();
     sleep_until(shm->t_meas1);
-    r->srv1 = proc_cpu(chatd_pid);
+    r->srv1 = servers_cpu();
     r->gen_cpu = workers_cpu(ph->nworkers) - g0;
     mcpu b1 = machine_cpu();
+    r->cpu_seconds = (double)(now_ns() - c0) / 1e9;
     r->others_cpu = b1.procs - b0.procs - r->gen_cpu -
                     (r->srv1.loop + r->srv1.other - r->srv0.loop - r->srv0.other);
     r->irq_cpu = b1.irq - b0.irq;
     r->steal_cpu = b1.steal - b0.steal;
+    r->rss1_kb = servers_rss_kb();
     r->m1 = metrics_snap();
-    r->rss1_kb = rss_kb(chatd_pid);
     wait_all(ph, 'D');
     sum_stats(ph, &r->tot);
     tell_all(ph, 'Q');
@@ -2166,17 +2244,17 @@ static void cpu_per_unit(const presult *r, double units, double *loop, double *s
 static void print_common(const char *name, const presult *r, double units, const char *unit)
 {
     const wstats *t = &r->tot;
-    double loop = (r->srv1.loop - r->srv0.loop) / r->seconds;
-    double other = (r->srv1.other - r->srv0.other) / r->seconds;
+    double loop = (r->srv1.loop - r->srv0.loop) / r->cpu_seconds;
+    double other = (r->srv1.other - r->srv0.other) / r->cpu_seconds;
     char v[64];
     snprintf(v, sizeof v, "%.0f%% + %.0f%%", loop * 100, other * 100);
     row(name, "chatd CPU: event loop + engine threads", v, "", "");
-    snprintf(v, sizeof v, "%.0f%%", r->gen_cpu / r->seconds * 100);
+    snprintf(v, sizeof v, "%.0f%%", r->gen_cpu / r->cpu_seconds * 100);
     row(name, "generator CPU (all workers)", v, "", "");
-    snprintf(v, sizeof v, "%.0f%%", r->others_cpu / r->seconds * 100);
+    snprintf(v, sizeof v, "%.0f%%", r->others_cpu / r->cpu_seconds * 100);
     row(name, "other processes on the machine", v, "", "");
-    snprintf(v, sizeof v, "%.0f%% / %.0f%%", r->irq_cpu / r->seconds * 100,
-             r->steal_cpu / r->seconds * 100);
+    snprintf(v, sizeof v, "%.0f%% / %.0f%%", r->irq_cpu / r->cpu_seconds * 100,
+             r->steal_cpu / r->cpu_seconds * 100);
     row(name, "interrupts (loopback TCP) / stolen by host", v, "", "");
     double lp, sv, gn, iq;
     cpu_per_unit(r, units, &lp, &sv, &gn, &iq);
@@ -2239,12 +2317,12 @@ static void result_line(const char *name, const presult *r, double units, const 
            " srv_other_cpu=%.2f gen_cpu=%.2f others_cpu=%.2f irq_cpu=%.2f steal_cpu=%.2f"
            " rss_per_msg=%.0f us_loop=%.2f us_chatd=%.2f us_gen=%.2f us_irq=%.2f %s\n",
            name, t->ok, errs, t->closes_4008, t->inflight_end, t->unordered, t->gaps,
-           (r->srv1.loop - r->srv0.loop) / (r->seconds ? r->seconds : 1),
-           (r->srv1.other - r->srv0.other) / (r->seconds ? r->seconds : 1),
-           r->gen_cpu / (r->seconds ? r->seconds : 1),
-           r->others_cpu / (r->seconds ? r->seconds : 1),
-           r->irq_cpu / (r->seconds ? r->seconds : 1),
-           r->steal_cpu / (r->seconds ? r->seconds : 1),
+           (r->srv1.loop - r->srv0.loop) / (r->cpu_seconds > 0 ? r->cpu_seconds : 1),
+           (r->srv1.other - r->srv0.other) / (r->cpu_seconds > 0 ? r->cpu_seconds : 1),
+           r->gen_cpu / (r->cpu_seconds > 0 ? r->cpu_seconds : 1),
+           r->others_cpu / (r->cpu_seconds > 0 ? r->cpu_seconds : 1),
+           r->irq_cpu / (r->cpu_seconds > 0 ? r->cpu_seconds : 1),
+           r->steal_cpu / (r->cpu_seconds > 0 ? r->cpu_seconds : 1),
            r->m1.appended > r->m0.appended
                ? (double)(r->rss1_kb - r->rss0_kb) * 1024 / (r->m1.appended - r->m0.appended)
                : 0.0,
@@ -2328,6 +2406,19 @@ static void parse_args(int argc, char **argv)
         }
         if (!strcmp(name, "--chatd"))
             opt.chatd = v;
+        else if (!strcmp(name, "--connect"))
+            opt.connect = v;
+        else if (!strcmp(name, "--secret-file"))
+            opt.secret_file = v;
+        else if (!strcmp(name, "--pids"))
+            opt.pids = v;
+        else if (!strcmp(name, "--placement")) {
+            if (strcmp(v, "all") && strcmp(v, "leaders")) {
+                fprintf(stderr, "load: --placement is all or leaders\n");
+                exit(2);
+            }
+            opt.leaders_only = !strcmp(v, "leaders");
+        }
         else if (!strcmp(name, "--phases"))
             snprintf(opt.phases, sizeof opt.phases, "%s", v);
         else if (!strcmp(name, "--seconds"))
@@ -2375,6 +2466,127 @@ static void parse_args(int argc, char **argv)
         opt.group_senders = opt.group_size;
 }
 
+/* --connect HOST:PORT,... and --pids into tgt[]. */
+static void parse_targets(void)
+{
+    char buf[512];
+    snprintf(buf, sizeof buf, "%s", opt.connect);
+    for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        if (!strncmp(t, "http://", 7))
+            t += 7;
+        char *colon = strrchr(t, ':');
+        struct in_addr a;
+        char *end;
+        long pt = colon ? strtol(colon + 1, &end, 10) : 0;
+        if (colon)
+            *colon = 0;
+        if (ntgt == MAX_TARGETS || !colon || (*end != 0 && *end != '/') || pt < 1 || pt > 65535 ||
+            inet_pton(AF_INET, t, &a) != 1) {
+            fprintf(stderr, "load: --connect: '%s' is not an IPv4 HOST:PORT (at most %d)\n", t,
+                    MAX_TARGETS);
+            exit(2);
+        }
+        tgt[ntgt++] = (struct target){a.s_addr, (int)pt, 0};
+    }
+    if (!ntgt) {
+        fprintf(stderr, "load: --connect: no servers\n");
+        exit(2);
+    }
+    if (opt.pids) {
+        snprintf(buf, sizeof buf, "%s", opt.pids);
+        int i = 0;
+        for (char *save = NULL, *t = strtok_r(buf, ",", &save); t;
+             t = strtok_r(NULL, ",", &save), i++)
+            if (i < ntgt)
+                tgt[i].pid = (pid_t)parse_int("--pids", t, 1, 1 << 30);
+        if (i != ntgt) {
+            fprintf(stderr, "load: --pids: %d process ids for %d servers\n", i, ntgt);
+            exit(2);
+        }
+    }
+}
+
+/* The JWT secret of servers started elsewhere: the file's text without
+ * trailing white space (what chatd reads from --secret-file). */
+static void read_secret(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        die("--secret-file %s: %s", path, strerror(errno));
+    size_t n = fread(secret, 1, sizeof secret - 1, f);
+    fclose(f);
+    while (n && (secret[n - 1] == '\n' || secret[n - 1] == '\r' || secret[n - 1] == ' ' ||
+                 secret[n - 1] == '\t'))
+        n--;
+    secret[n] = 0;
+    if (!n)
+        die("--secret-file %s is empty", path);
+}
+
+/* ---- placement: which server each session connects to ---- */
+
+#define MAX_SHARDS 1024
+static int shard_leader[MAX_SHARDS]; /* index into tgt[], -1 unknown */
+static uint32_t nshards;
+
+/* Every server's own view (GET /api/v1/cluster): the shards it leads. The
+ * JSON is chatd's own, so a scan for "shard":N and the "role" that follows
+ * it is enough. Returns the number of shards without a known leader. */
+static int find_leaders(void)
+{
+    nshards = 0;
+    for (int i = 0; i < MAX_SHARDS; i++)
+        shard_leader[i] = -1;
+    for (int t = 0; t < ntgt; t++) {
+        char *b = NULL;
+        if (http_get_at(t, "/api/v1/cluster", &b) != 200 || !b) {
+            free(b);
+            continue;
+        }
+        for (const char *p = strstr(b, "\"shard\":"); p; p = strstr(p, "\"shard\":")) {
+            p += 8;
+            long sh = strtol(p, NULL, 10);
+            if (sh < 0 || sh >= MAX_SHARDS)
+                continue;
+            if ((uint32_t)sh + 1 > nshards)
+                nshards = (uint32_t)sh + 1;
+            const char *role = strstr(p, "\"role\":\"");
+            const char *next = strstr(p, "\"shard\":");
+            if (role && (!next || role < next) && !strncmp(role + 8, "leader\"", 7))
+                shard_leader[sh] = t;
+        }
+        free(b);
+    }
+    int missing = 0;
+    for (uint32_t i = 0; i < nshards; i++)
+        missing += shard_leader[i] < 0;
+    return nshards ? missing : -1;
+}
+
+/* Spread sessions over the servers: i mod N, or (--placement leaders) on
+ * the leader of the conversation's shard as the servers see it now. */
+static void place(spec *c, size_t n)
+{
+    int missing = 0;
+    if (opt.leaders_only && ntgt > 1) {
+        missing = find_leaders();
+        if (missing < 0)
+            die("--placement leaders: no server answered GET /api/v1/cluster with shards");
+        if (missing)
+            fprintf(stderr, "load: %d of %u shards without a leader now; their sessions go"
+                            " to node i mod N\n", missing, nshards);
+    }
+    for (size_t i = 0; i < n; i++) {
+        int t = (int)(i % (size_t)ntgt);
+        if (opt.leaders_only && ntgt > 1 && c[i].conv_id) {
+            int l = shard_leader[log_shard_for(c[i].conv_id, nshards)];
+            if (l >= 0)
+                t = l;
+        }
+        c[i].target = (uint8_t)t;
+    }
+}
+
 #define MAX_SHAPES 8
 static int shape_pairs[MAX_SHAPES], shape_window[MAX_SHAPES], nshapes;
 
@@ -2400,8 +2612,20 @@ int main(int argc, char **argv)
 {
     parse_args(argc, argv);
     parse_shapes();
+    if (opt.connect) {
+        parse_targets();
+        if (!opt.secret_file) {
+            fprintf(stderr, "load: --connect needs --secret-file\n");
+            exit(2);
+        }
+        if (has_phase("idle")) {
+            fprintf(stderr, "load: the idle phase needs a chatd of its own (not --connect);"
+                            " use --phases\n");
+            exit(2);
+        }
+    }
     static char chatd_default[1024];
-    if (!opt.chatd) {
+    if (!opt.chatd && !opt.connect) {
         char self[900];
         ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
         if (n <= 0)
@@ -2413,7 +2637,7 @@ int main(int argc, char **argv)
         snprintf(chatd_default, sizeof chatd_default, "%s/../chatd", self);
         opt.chatd = chatd_default;
     }
-    if (access(opt.chatd, X_OK))
+    if (!opt.connect && access(opt.chatd, X_OK))
         die("%s: %s (build it with make, or use --chatd)", opt.chatd, strerror(errno));
     self_check();
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -2428,26 +2652,42 @@ int main(int argc, char **argv)
              getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
     if (!mkdtemp(tmpdir))
         die("mkdtemp: %s", strerror(errno));
-    uint8_t raw[32];
-    if (RAND_bytes(raw, sizeof raw) != 1)
-        die("RAND_bytes failed");
-    for (int i = 0; i < 32; i++)
-        sprintf(secret + 2 * i, "%02x", raw[i]);
-    char sf[512];
-    snprintf(sf, sizeof sf, "%s/secret", tmpdir);
-    FILE *f = fopen(sf, "w");
-    if (!f || fprintf(f, "%s\n", secret) < 0 || fclose(f))
-        die("%s: %s", sf, strerror(errno));
+    if (opt.connect) {
+        read_secret(opt.secret_file);
+    } else {
+        uint8_t raw[32];
+        if (RAND_bytes(raw, sizeof raw) != 1)
+            die("RAND_bytes failed");
+        for (int i = 0; i < 32; i++)
+            sprintf(secret + 2 * i, "%02x", raw[i]);
+        char sf[512];
+        snprintf(sf, sizeof sf, "%s/secret", tmpdir);
+        FILE *f = fopen(sf, "w");
+        if (!f || fprintf(f, "%s\n", secret) < 0 || fclose(f))
+            die("%s: %s", sf, strerror(errno));
+    }
 
     struct rlimit rl;
     getrlimit(RLIMIT_NOFILE, &rl);
     printf("load: %ld CPUs, open-file limit %llu (hard %llu), %s\n", sysconf(_SC_NPROCESSORS_ONLN),
            (unsigned long long)rl.rlim_cur, (unsigned long long)rl.rlim_max, tmpdir);
-    start_chatd();
-    long rss_start = rss_kb(chatd_pid);
-    int fds_base = count_fds(chatd_pid);
-    printf("chatd: pid %d, port %d, %d open files at start, VmRSS %ld KiB\n", (int)chatd_pid,
-           port, fds_base, rss_start);
+    if (opt.connect) {
+        for (int t = 0; t < ntgt; t++) {
+            char *b = NULL, a[INET_ADDRSTRLEN];
+            int st = http_get_at(t, "/healthz", &b);
+            free(b);
+            inet_ntop(AF_INET, &tgt[t].addr, a, sizeof a);
+            if (st != 200)
+                die("--connect %s:%d: GET /healthz answered %d", a, tgt[t].port, st);
+            printf("server %d: %s:%d, pid %d, placement %s\n", t + 1, a, tgt[t].port,
+                   (int)tgt[t].pid, opt.leaders_only ? "shard leaders" : "all nodes");
+        }
+    } else {
+        start_chatd();
+        printf("chatd: pid %d, port %d, %d open files at start, VmRSS %ld KiB\n",
+               (int)chatd_pid, tgt[0].port, count_fds(chatd_pid), rss_kb(chatd_pid));
+    }
+    long rss_start = servers_rss_kb();
 
     int failed = 0;
     static presult idle_r, thr_r[MAX_SHAPES], lat_r, fan_r;
@@ -2502,8 +2742,8 @@ int main(int argc, char **argv)
         if (!pairs)
             die("out of memory");
         for (size_t i = 0; i < n; i++) {
-            pairs[2 * i] = (spec){UID_PAIRS + 2 * i, convs[i], 1, 0};
-            pairs[2 * i + 1] = (spec){UID_PAIRS + 2 * i + 1, convs[i], 1, 0};
+            pairs[2 * i] = (spec){UID_PAIRS + 2 * i, convs[i], 1, 0, 0};
+            pairs[2 * i + 1] = (spec){UID_PAIRS + 2 * i + 1, convs[i], 1, 0, 0};
             free(bodies[i]);
         }
         free(creators);
@@ -2516,6 +2756,7 @@ int main(int argc, char **argv)
                     .window = shape_window[i], .handshake_timeout_ns = 30 * NS};
         printf("throughput: %d pairs, %zu sessions, window %d, %d workers, %g s + %g s warmup\n",
                shape_pairs[i], ph.nconns, ph.window, opt.workers, opt.seconds, opt.warmup);
+        place(pairs, ph.nconns);
         run_load_phase(&ph, &thr_r[i]);
         did_thr = i + 1;
         wait_server_settled();
@@ -2526,6 +2767,7 @@ int main(int argc, char **argv)
                     .handshake_timeout_ns = 30 * NS};
         printf("latency: %d pairs, %d msgs/s paced (open loop), %d workers\n", opt.pairs,
                opt.rate, opt.workers);
+        place(pairs, ph.nconns);
         run_load_phase(&ph, &lat_r);
         did_lat = 1;
         wait_server_settled();
@@ -2573,6 +2815,7 @@ int main(int argc, char **argv)
         free(bodies);
         printf("fanout: %d groups x %d members online, %d senders each, window %d, %d workers\n",
                opt.groups, opt.group_size, opt.group_senders, opt.group_window, opt.workers);
+        place(ph.conns, ph.nconns);
         run_load_phase(&ph, &fan_r);
         did_fan = 1;
         free(ph.conns);
@@ -2580,8 +2823,8 @@ int main(int argc, char **argv)
     free(pairs);
 
     /* ---- chatd's own account ---- */
-    long rss_end = rss_kb(chatd_pid);
-    int st = stop_chatd();
+    long rss_end = servers_rss_kb();
+    int st = opt.connect ? 0 : stop_chatd();
     char logp[512];
     snprintf(logp, sizeof logp, "%s/chatd.log", tmpdir);
     FILE *lf = fopen(logp, "r");
@@ -2690,10 +2933,11 @@ int main(int argc, char **argv)
         print_common("throughput", r, (double)t->acks_win, "message");
         snprintf(x, sizeof x,
                  "pairs=%d window=%d acks_per_s=%.0f msgs_per_s=%.0f p50_ms=%.3f p99_ms=%.3f"
-                 " p999_ms=%.3f ack_p50_ms=%.3f ack_p99_ms=%.3f",
+                 " p999_ms=%.3f ack_p50_ms=%.3f ack_p99_ms=%.3f ack_p999_ms=%.3f",
                  shape_pairs[i], shape_window[i], acks, msgs, h_pct_ms(&t->lat_msg, .5),
                  h_pct_ms(&t->lat_msg, .99), h_pct_ms(&t->lat_msg, .999),
-                 h_pct_ms(&t->lat_ack, .5), h_pct_ms(&t->lat_ack, .99));
+                 h_pct_ms(&t->lat_ack, .5), h_pct_ms(&t->lat_ack, .99),
+                 h_pct_ms(&t->lat_ack, .999));
         result_line(name, r, (double)t->acks_win, x);
     }
     if (did_lat) {
@@ -2723,10 +2967,10 @@ int main(int argc, char **argv)
         print_common("latency", r, (double)t->acks_win, "message");
         snprintf(x, sizeof x,
                  "rate=%d sent_per_s=%.0f msgs_per_s=%.0f p50_ms=%.3f p99_ms=%.3f p999_ms=%.3f"
-                 " max_ms=%.3f ack_p50_ms=%.3f ack_p99_ms=%.3f",
+                 " max_ms=%.3f ack_p50_ms=%.3f ack_p99_ms=%.3f ack_p999_ms=%.3f",
                  opt.rate, sent, msgs, h_pct_ms(&t->lat_msg, .5), p99, h_pct_ms(&t->lat_msg, .999),
                  (double)t->lat_msg.max_us / 1000, h_pct_ms(&t->lat_ack, .5),
-                 h_pct_ms(&t->lat_ack, .99));
+                 h_pct_ms(&t->lat_ack, .99), h_pct_ms(&t->lat_ack, .999));
         result_line("latency", r, (double)t->acks_win, x);
     }
     if (did_fan) {
@@ -2759,7 +3003,9 @@ int main(int argc, char **argv)
     if (nlimit)
         printf("; %d about limits, first: %s", nlimit, first_limit);
     printf("\n");
-    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+    if (opt.connect) {
+        printf("servers: left running (not started here)\n");
+    } else if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
         printf("chatd: did not stop cleanly (wait status %d)\n", st);
         failed = 1;
     } else {
