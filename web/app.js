@@ -13,10 +13,16 @@
 // their client_msg_id (the server answers a repeat with the original Ack),
 // and the open conversation is marked read. docs/web.md has the whole story.
 //
+// In a cluster (GET /api/v1/cluster lists every node's client URL) the page
+// keeps the list of nodes, its own first: the WebSocket, the REST calls and
+// uploads go to the node in use, and when it drops the socket moves to the
+// next node (conn.js). The catch-up above is the same against any node:
+// msg_ids are the same on all of them.
+//
 // Everything shown comes from the server and is inserted as text
 // (textContent), never as HTML.
 import { Store, TICK } from './store.js';
-import { ChatSocket, wsUrlFor } from './conn.js';
+import { ChatSocket, nodeOrder, originOf, wsUrlOf } from './conn.js';
 
 const TOKEN_KEY = 'chatlog.token';
 const DEVICE_KEY = 'chatlog.device';
@@ -27,6 +33,13 @@ const TYPING_RENEW_MS = 3000; // re-send Typing{active} while typing (server TTL
 const TYPING_IDLE_MS = 4000; // no keystroke for this long: Typing{active:false}
 const MAX_MEDIA_BYTES = 16 * 1024 * 1024; // the server's default max_media_bytes
 const MEDIA_PATH = /^(?:https?:\/\/[^/]+)?\/media\/([0-9a-f]{64})(?:\?|$)/; // a media_url of ours: its id
+const CLUSTER_WITHIN_MS = 3000; // GET /api/v1/cluster at start; no answer: this node alone
+// Errors on a Send that mean "try again with the same client_msg_id": 10
+// unavailable (a cluster between leaders), 6 overloaded. The first retry
+// waits SEND_RETRY_MS, each next one twice as long, up to SEND_RETRY_MAX_MS.
+const RETRY_CODES = new Set([10, 6]);
+const SEND_RETRY_MS = 250;
+const SEND_RETRY_MAX_MS = 4000;
 
 const $ = (id) => document.getElementById(id);
 
@@ -112,6 +125,21 @@ const mediaIdOf = (url) => (MEDIA_PATH.exec(url || '') || [])[1] || '';
 // ---- protobuf ----
 
 let types = null; // { ClientFrame, ServerFrame } from chat.proto
+let nodes = [location.origin]; // the cluster's nodes (origins), this page's own first
+
+/** The nodes to use, from GET /api/v1/cluster of this page's own node (no
+ * token needed): its client_urls, own origin first (conn.js nodeOrder). A
+ * single node, an old server or no answer in time: just this origin. */
+async function loadNodes() {
+  try {
+    const res = await fetch('/api/v1/cluster', { cache: 'no-store', signal: AbortSignal.timeout(CLUSTER_WITHIN_MS) });
+    const j = res.ok ? await res.json() : null;
+    if (j?.enabled && Array.isArray(j.client_urls)) return nodeOrder(location.origin, j.client_urls);
+  } catch (e) {
+    console.warn('cluster:', e.message);
+  }
+  return [location.origin];
+}
 
 async function loadTypes() {
   // chat.proto is served next to this file (web/web.mk copies it from
@@ -144,8 +172,9 @@ class Session {
     // media id -> { url, ctype, size, state: 'loading'|'ok'|'error', minted }:
     // what a HEAD of the signed URL told (the message carries only the URL).
     this.media = new Map();
+    this.nodes = nodes;
     this.socket = new ChatSocket({
-      url: wsUrlFor(location),
+      urls: this.nodes.map(wsUrlOf),
       token,
       deviceId: deviceId(),
       types,
@@ -171,12 +200,25 @@ class Session {
     }
   }
 
+  /** The origin of the node in use (the one the socket is on or tries
+   * next): REST calls and uploads go there. */
+  get base() { return this.nodes[this.socket.at] || location.origin; }
+
+  /** A URL on node `base` for fetch and for src/href: relative on this
+   * page's own origin, absolute elsewhere. */
+  href(base, path) { return base === location.origin ? path : base + path; }
+
+  /** Where a media_url is loaded from: an absolute one from its node (in a
+   * cluster a client sends the uploading node's URL: media are stored on the
+   * node that took the upload), a path from the node in use. */
+  mediaHref(url) { return url.startsWith('/') ? this.href(this.base, url) : url; }
+
   // ---- REST ----
 
-  async api(method, path, body) {
+  async api(method, path, body, base = this.base) {
     const headers = { Authorization: `Bearer ${this.token}` };
     if (body !== undefined) headers['Content-Type'] = 'application/json';
-    const res = await fetch(`/api/v1${path}`, {
+    const res = await fetch(this.href(base, `/api/v1${path}`), {
       method, headers, body: body === undefined ? undefined : JSON.stringify(body), cache: 'no-store',
     });
     let json = null;
@@ -196,9 +238,11 @@ class Session {
   }
 
   /** POST /api/v1/media: the file's bytes as the body, its type as
-   * Content-Type. Resolves to { media_id, url, size, content_type }. */
+   * Content-Type. Resolves to { media_id, url, size, content_type }; in a
+   * cluster url is made absolute (the node that stores the object). */
   async upload(file) {
-    const res = await fetch('/api/v1/media', {
+    const base = this.base;
+    const res = await fetch(this.href(base, '/api/v1/media'), {
       method: 'POST',
       headers: { Authorization: `Bearer ${this.token}`, 'Content-Type': file.type || 'application/octet-stream' },
       body: file,
@@ -212,6 +256,7 @@ class Session {
     }
     if (res.status === 413) throw new Error('the file is larger than the server accepts');
     if (!res.ok || !json?.url) throw new Error(json?.error?.message || `upload failed (HTTP ${res.status})`);
+    if (this.nodes.length > 1 && json.url.startsWith('/')) json.url = base + json.url;
     return json;
   }
 
@@ -221,7 +266,7 @@ class Session {
   mediaInfo(id, url) {
     let info = this.media.get(id);
     if (!info) {
-      info = { url, ctype: '', size: -1, state: 'loading', minted: false };
+      info = { url: this.mediaHref(url), ctype: '', size: -1, state: 'loading', minted: false };
       this.media.set(id, info);
       this.probeMedia(id, info);
     }
@@ -232,7 +277,7 @@ class Session {
     try {
       let res = await fetch(info.url, { method: 'HEAD', cache: 'no-store' });
       if (res.status === 403 && !info.minted) {
-        info.url = await this.mintMediaUrl(id);
+        info.url = await this.mintMediaUrl(id, info.url);
         info.minted = true;
         res = await fetch(info.url, { method: 'HEAD', cache: 'no-store' });
       }
@@ -247,10 +292,13 @@ class Session {
     this.render();
   }
 
-  /** GET /api/v1/media/<id>/url: a fresh signed URL (signed URLs expire). */
-  async mintMediaUrl(id) {
-    const r = await this.api('GET', `/media/${id}/url`);
-    return r.url;
+  /** GET /api/v1/media/<id>/url: a fresh signed URL (signed URLs expire),
+   * from the node the old one points at (`from`, an absolute URL) or else
+   * the node in use. */
+  async mintMediaUrl(id, from = '') {
+    const base = (from && !from.startsWith('/') && originOf(from)) || this.base;
+    const r = await this.api('GET', `/media/${id}/url`, undefined, base);
+    return this.href(base, r.url);
   }
 
   /** An inline image failed to load (its URL expired while the page was
@@ -265,7 +313,7 @@ class Session {
     }
     info.minted = true;
     try {
-      info.url = await this.mintMediaUrl(id);
+      info.url = await this.mintMediaUrl(id, info.url);
     } catch (e) {
       console.warn(`media ${id}:`, e.message);
       info.state = 'error';
@@ -491,6 +539,11 @@ class Session {
   onError(e) {
     if (e.clientMsgId) {
       for (const c of this.store.convs.values()) {
+        const p = c.pending.get(e.clientMsgId);
+        if (p && RETRY_CODES.has(e.code)) {
+          this.retryLater(c, p);
+          return;
+        }
         if (c.fail(e.clientMsgId, e.code, e.message)) return;
       }
     }
@@ -537,6 +590,18 @@ class Session {
   }
 
   // ---- sending ----
+
+  /** A Send refused for now (unavailable, overloaded): the same Send again
+   * after a growing delay; it stays pending meanwhile. A reconnect sends it
+   * too (after the Welcome), so a retry with no session just waits. */
+  retryLater(c, p) {
+    const wait = Math.min(SEND_RETRY_MAX_MS, SEND_RETRY_MS * 2 ** (p.retries || 0));
+    p.retries = (p.retries || 0) + 1;
+    clearTimeout(p.retryTimer);
+    p.retryTimer = setTimeout(() => {
+      if (session === this && c.pending.get(p.clientMsgId) === p && !p.error) this.sendPending(c, p);
+    }, wait);
+  }
 
   sendPending(c, p) {
     if (p.uploading) return false; // goes out when its upload is done
@@ -590,7 +655,7 @@ class Session {
       p.mediaUrl = r.url;
       const id = mediaIdOf(r.url) || r.media_id;
       if (!this.media.has(id)) {
-        this.media.set(id, { url: r.url, ctype: String(r.content_type || '').toLowerCase(), size: Number(r.size), state: 'ok', minted: false });
+        this.media.set(id, { url: this.mediaHref(r.url), ctype: String(r.content_type || '').toLowerCase(), size: Number(r.size), state: 'ok', minted: false });
       }
       p.uploading = false;
       p.file = null;
@@ -713,10 +778,13 @@ function renderStatus(s) {
   $('me-name').textContent = s.store.me ? `User ${s.store.me}` : 'Signing in…';
   const st = $('conn-status');
   st.dataset.state = s.connState;
+  // In a cluster the line names the node in use (or tried next).
+  const node = s.nodes.length > 1 ? new URL(s.base).host : '';
+  st.dataset.node = s.base;
   let text;
   switch (s.connState) {
-    case 'ready': text = 'connected'; break;
-    case 'connecting': text = 'connecting…'; break;
+    case 'ready': text = node ? `connected to ${node}` : 'connected'; break;
+    case 'connecting': text = node ? `connecting to ${node}…` : 'connecting…'; break;
     case 'waiting': {
       const secs = Math.max(0, Math.ceil((s.connInfo.retryAt - Date.now()) / 1000));
       text = `reconnecting in ${secs} s`;
@@ -1132,8 +1200,10 @@ function wire() {
 
 async function boot() {
   wire();
+  const nodesLoaded = loadNodes();
   try {
     types = await loadTypes();
+    nodes = await nodesLoaded;
   } catch (e) {
     showSignIn(`Could not load the protocol schema (chat.proto): ${e.message}`);
     $('signin-button').disabled = true;

@@ -5,6 +5,12 @@
 // (Sync every conversation from its last msg_id, re-send pending messages)
 // is the caller's: onFrame sees every ServerFrame, the Welcome included.
 //
+// Several nodes (a chatd cluster): given a list of URLs, the socket starts at
+// the first and moves to the next one after every drop or failed attempt,
+// round and round. The backoff counts rounds through the list, not
+// attempts, so a client whose node died tries every other node at once
+// before it waits longer. `url`/`at` say which node is in use.
+//
 // States, reported through onState(state, info):
 //   connecting    WebSocket opening or Hello sent, no Welcome yet
 //   ready         Welcome received; send() works
@@ -39,18 +45,52 @@ export function wsUrlFor(loc) {
   return `${loc.protocol === 'https:' ? 'wss:' : 'ws:'}//${loc.host}/ws`;
 }
 
+/** The origin of a base URL ("http://127.0.0.1:8082/" → "http://127.0.0.1:8082"),
+ * or '' when it is not an http(s) URL. */
+export function originOf(base) {
+  try {
+    const u = new URL(base);
+    return u.protocol === 'http:' || u.protocol === 'https:' ? u.origin : '';
+  } catch {
+    return '';
+  }
+}
+
+/** The nodes a client uses, from /api/v1/cluster's client_urls: origins,
+ * its own first, then the ones after it in the list, wrapping around (so the
+ * clients of a dead node spread over the others rather than all picking the
+ * first), without duplicates. Just [own] when the list is empty. */
+export function nodeOrder(own, clientUrls = []) {
+  const list = [];
+  for (const u of clientUrls) {
+    const o = originOf(u);
+    if (o && !list.includes(o)) list.push(o);
+  }
+  const i = list.indexOf(own);
+  if (i < 0) return [own, ...list];
+  return [...list.slice(i), ...list.slice(0, i)];
+}
+
+/** The WebSocket URL of a node's origin. */
+export function wsUrlOf(origin) {
+  return origin.replace(/^http/, 'ws') + '/ws';
+}
+
 export class ChatSocket {
   /**
    * @param {object} o
    * @param {string} o.url        ws:// or wss:// URL of /ws
+   * @param {string[]} [o.urls]   several such URLs (a cluster's nodes): used
+   *                              in turn, the next after each failure
    * @param {string} o.token      the JWT for Hello
    * @param {string} o.deviceId   free text naming this device
    * @param {object} o.types      { ClientFrame, ServerFrame } protobufjs types
    * @param {function} o.onFrame  (frame) for every decoded ServerFrame
    * @param {function} o.onState  (state, info)
    */
-  constructor({ url, token, deviceId, types, onFrame, onState, win = globalThis }) {
-    this.url = url;
+  constructor({ url, urls, token, deviceId, types, onFrame, onState, win = globalThis }) {
+    this.urls = urls && urls.length ? [...urls] : [url];
+    this.at = 0; // index in urls of the node in use (or tried next)
     this.token = token;
     this.deviceId = deviceId;
     this.types = types;
@@ -68,6 +108,18 @@ export class ChatSocket {
     this.openedAt = 0;
     this.onOnline = () => { if (this.state === 'offline' || this.state === 'waiting') this.reconnectNow(); };
     this.onOffline = () => { if (this.state !== 'stopped' && this.state !== 'unauthorized') this.drop('the browser went offline', 'offline'); };
+  }
+
+  /** The URL of the node in use, or the one the next attempt goes to. */
+  get url() { return this.urls[this.at]; }
+
+  /** Use this list of nodes from now on (the current one stays in use when
+   * it is in it). */
+  setUrls(urls) {
+    if (!urls || !urls.length) return;
+    const cur = this.url;
+    this.urls = [...urls];
+    this.at = Math.max(0, this.urls.indexOf(cur));
   }
 
   start() {
@@ -128,7 +180,7 @@ export class ChatSocket {
     this.openedAt = Date.now();
     this.lastRx = 0;
     this.pingSentAt = 0;
-    this.setState('connecting', { attempt: this.attempt });
+    this.setState('connecting', { attempt: this.attempt, url: this.url });
     ws.onopen = () => {
       ws.onopen = null;
       const { ClientFrame } = this.types;
@@ -162,7 +214,7 @@ export class ChatSocket {
     this.pingSentAt = 0;
     if (f.kind === 'welcome') {
       this.attempt = 0;
-      this.setState('ready', { userId: f.welcome.userId });
+      this.setState('ready', { userId: f.welcome.userId, url: this.url });
     } else if (f.kind === 'error' && f.error.code === 7) {
       this.detach();
       this.setState('unauthorized', { reason: f.error.message });
@@ -191,9 +243,12 @@ export class ChatSocket {
       this.setState('offline', { reason });
       return;
     }
-    const delay = backoffDelay(this.attempt++);
+    // The next attempt goes to the next node; the wait grows per round
+    // through the list.
+    this.at = (this.at + 1) % this.urls.length;
+    const delay = backoffDelay(Math.floor(this.attempt++ / this.urls.length));
     const retryAt = Date.now() + delay;
-    this.setState('waiting', { reason, retryAt, attempt: this.attempt });
+    this.setState('waiting', { reason, retryAt, attempt: this.attempt, url: this.url });
     this.retryTimer = setTimeout(() => this.connect(), delay);
   }
 

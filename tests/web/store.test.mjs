@@ -1,11 +1,12 @@
 // store.test.mjs — the web client's bookkeeping (web/store.js) and the
 // reconnect schedule (web/conn.js) under Node, without a browser: the rules
 // that keep a conversation free of duplicates and gaps, the pending → acked
-// replacement, unread counts, ticks and backoff.
+// replacement, unread counts, ticks, backoff, and the order in which a
+// client tries a cluster's nodes.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Conversation, Store, TICK } from '../../web/store.js';
-import { backoffDelay, wsUrlFor, BACKOFF_MAX_MS } from '../../web/conn.js';
+import { backoffDelay, wsUrlFor, BACKOFF_MAX_MS, ChatSocket, nodeOrder, originOf, wsUrlOf } from '../../web/conn.js';
 
 const ME = 1;
 const msg = (id, sender = 2, extra = {}) => ({ convId: 7, msgId: id, senderId: sender, body: `m${id}`, ts: 1000 + id, clientMsgId: '', ...extra });
@@ -131,6 +132,53 @@ test('backoff doubles up to its cap, with jitter in the upper half', () => {
 test('the WebSocket URL follows the page origin', () => {
   assert.equal(wsUrlFor({ protocol: 'http:', host: '127.0.0.1:8080' }), 'ws://127.0.0.1:8080/ws');
   assert.equal(wsUrlFor({ protocol: 'https:', host: 'chat.example.org' }), 'wss://chat.example.org/ws');
+});
+
+test('the nodes of a cluster: own origin first, then the ones after it in client_urls', () => {
+  const urls = ['http://127.0.0.1:8081', 'http://127.0.0.1:8082/', 'http://127.0.0.1:8083/chat'];
+  assert.deepEqual(nodeOrder('http://127.0.0.1:8082', urls), ['http://127.0.0.1:8082', 'http://127.0.0.1:8083', 'http://127.0.0.1:8081']);
+  assert.deepEqual(nodeOrder('http://127.0.0.1:8081', urls), ['http://127.0.0.1:8081', 'http://127.0.0.1:8082', 'http://127.0.0.1:8083']);
+  // A page served by an origin not in the list still starts at its own.
+  assert.deepEqual(nodeOrder('http://localhost:9000', urls.slice(0, 1)), ['http://localhost:9000', 'http://127.0.0.1:8081']);
+  assert.deepEqual(nodeOrder('http://x:1', []), ['http://x:1']);
+  assert.deepEqual(nodeOrder('http://x:1', ['ftp://y', 'nonsense', 'http://x:1', 'HTTP://X:1/']), ['http://x:1']);
+  assert.equal(originOf('https://chat.example.org:443/'), 'https://chat.example.org');
+  assert.equal(wsUrlOf('https://chat.example.org'), 'wss://chat.example.org/ws');
+  assert.equal(wsUrlOf('http://127.0.0.1:8082'), 'ws://127.0.0.1:8082/ws');
+});
+
+test('the socket moves to the next node after each failure; the backoff grows per round through the list', () => {
+  const tried = [];
+  class FakeWs {
+    constructor(url) { this.url = url; this.readyState = 0; tried.push(this); }
+    close() { this.readyState = 3; }
+  }
+  const saved = globalThis.WebSocket;
+  globalThis.WebSocket = FakeWs;
+  const states = [];
+  const urls = ['ws://n1/ws', 'ws://n2/ws', 'ws://n3/ws'];
+  const sock = new ChatSocket({ urls, token: 't', deviceId: 'd', types: {}, win: {}, onState: (st, info) => states.push({ st, ...info }) });
+  try {
+    sock.connect();
+    for (let i = 0; i < 6; i++) {
+      tried.at(-1).onclose({ code: 1006, reason: '' });
+      sock.reconnectNow();
+    }
+    assert.deepEqual(tried.map((w) => w.url), ['n1', 'n2', 'n3', 'n1', 'n2', 'n3', 'n1'].map((n) => `ws://${n}/ws`));
+    const waits = states.filter((x) => x.st === 'waiting');
+    assert.deepEqual(waits.map((x) => x.url), ['n2', 'n3', 'n1', 'n2', 'n3', 'n1'].map((n) => `ws://${n}/ws`));
+    // Round 0 (three attempts) waits at most 500 ms, round 1 at least 500.
+    const now = Date.now();
+    for (const x of waits.slice(0, 3)) assert.ok(x.retryAt - now <= 500, `round 0: ${x.retryAt - now}`);
+    for (const x of waits.slice(3)) assert.ok(x.retryAt - now >= 450, `round 1: ${x.retryAt - now}`);
+    assert.equal(sock.url, 'ws://n1/ws');
+    // A new list keeps the node in use.
+    sock.setUrls(['ws://n3/ws', 'ws://n1/ws']);
+    assert.equal(sock.url, 'ws://n1/ws');
+  } finally {
+    sock.stop();
+    globalThis.WebSocket = saved;
+  }
 });
 
 test('a conversation state older than what was seen does not reset the unread count', () => {
