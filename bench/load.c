@@ -51,11 +51,11 @@
  *
  * Each load phase: the sessions connect (not measured), then --warmup
  * seconds of load, --seconds measured, then the senders stop and the
- * generator waits up to 5 s for the Acks still in flight. Only events inside
- * the measured window count. At the window's edges the main process samples
- * chatd's per-thread CPU time (/proc/PID/task: the main thread is the event
- * loop, the others the engine's writers, completion thread and sealer), the
- * workers' CPU, the whole machine's (/proc/stat: other processes,
+ * generator waits up to --drain seconds (5) for the Acks still in flight.
+ * Only events inside the measured window count. At the window's edges the
+ * main process samples chatd's per-thread CPU time (/proc/PID/task: the
+ * main thread is the event loop, the others the engine's writers,
+ * completion thread and sealer), the workers' CPU, the whole machine's (/proc/stat: other processes,
  * interrupts, steal), chatd's VmRSS and its /metrics counters, so the report
  * says where the time went and how busy the machine was with other work.
  *
@@ -137,7 +137,6 @@
 #define MAX_TARGETS 8
 #define RBUF_SIZE (256 * 1024)
 #define MAX_HANDSHAKES 128 /* per worker, in progress at once */
-#define DRAIN_NS (5 * NS)
 #define NS 1000000000LL
 
 /* User id ranges per phase, so that phases never share users (and a
@@ -155,6 +154,7 @@ static struct {
     const char *pids;        /* their process ids, for CPU and memory */
     int leaders_only;        /* --placement leaders */
     double seconds, warmup;
+    double drain; /* how long Sends still in flight may take after a phase */
     int workers;
     int pairs, body_bytes;
     int rate;
@@ -169,6 +169,7 @@ static struct {
 } opt = {
     .seconds = 5,
     .warmup = 1,
+    .drain = 5,
     .workers = 2,
     .pairs = 1000,
     .body_bytes = 100,
@@ -198,6 +199,8 @@ static void usage(FILE *f)
             "  --seconds S           measured seconds per phase [5]\n"
             "  --warmup S            unmeasured seconds before that [1]\n"
             "  --workers N           generator processes for the load phases [2]\n"
+            "  --drain S             after a phase, wait up to S s for every Send's answer\n"
+            "                        (one still missing then is an integrity failure) [5]\n"
             "  --shapes LIST         throughput cases PAIRSxWINDOW: pairs of sessions in\n"
             "                        1:1 conversations, unacked Sends per sender\n"
             "                        [100x8,1000x4,1000x1]\n"
@@ -1404,7 +1407,7 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
         arm(w, w->timer_ev, t + 10000000);
         break;
     case T_PROBE:
-        if (w->probes == 0 || t - w->t_go > DRAIN_NS) {
+        if (w->probes == 0 || t - w->t_go > (int64_t)(opt.drain * 1e9)) {
             w->st->inflight_end = w->probes;
             w->st->done = 1;
             char b = 'D';
@@ -1419,7 +1422,7 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
         for (size_t i = 0; i < w->n; i++)
             if (w->c[i].state == ST_READY)
                 left += w->c[i].inflight;
-        if (left == 0 || t - w->t_stop > DRAIN_NS) {
+        if (left == 0 || t - w->t_stop > (int64_t)(opt.drain * 1e9)) {
             finish(w);
             break;
         }
@@ -1675,61 +1678,81 @@ static msnap metrics_snap(void)
     return m;
 }
 
-/* Create conversations through REST, pipelined in batches on one
- * connection. creators[i] makes body[i]; conv_ids[i] gets the result. */
+/* Create conversations through REST: batches of requests pipelined on
+ * REST_CONNS connections at once (connection k to server k mod N), because
+ * chatd answers the requests of one connection one after the other, and in a
+ * cluster each is a replicated write. creators[i] makes body[i]; conv_ids[i]
+ * gets the result. */
+#define REST_CONNS 8
 static void rest_create(size_t n, const uint64_t *creators, char **bodies, uint64_t *conv_ids)
 {
-    int fd = connect_to(0, 30000);
-    if (fd < 0)
-        die("REST: cannot connect to chatd: %s", strerror(errno));
-    rbuf_t rb = {0};
+    int fds[REST_CONNS];
+    rbuf_t rb[REST_CONNS], wb = {0};
+    memset(rb, 0, sizeof rb);
+    for (int c = 0; c < REST_CONNS; c++) {
+        fds[c] = connect_to(c % ntgt, 30000);
+        if (fds[c] < 0)
+            die("REST: cannot connect to chatd: %s", strerror(errno));
+    }
     const size_t batch = 16;
-    rbuf_t wb = {0};
-    for (size_t i = 0; i < n; i += batch) {
-        size_t m = n - i < batch ? n - i : batch;
-        /* A batch goes out in one write (pipelined requests). */
-        wb.len = 0;
-        for (size_t k = 0; k < m; k++) {
-            char tok[256], head[512];
-            mint_token(tok, creators[i + k]);
-            size_t bl = strlen(bodies[i + k]);
-            int hn = snprintf(head, sizeof head,
-                              "POST /api/v1/conversations HTTP/1.1\r\nHost: x\r\n"
-                              "Authorization: Bearer %s\r\nContent-Type: application/json\r\n"
-                              "Content-Length: %zu\r\n\r\n",
-                              tok, bl);
-            if (wb.cap < wb.len + (size_t)hn + bl) {
-                size_t cap = (wb.len + (size_t)hn + bl) * 2;
-                char *np = realloc(wb.p, cap);
-                if (!np)
-                    die("out of memory");
-                wb.p = np;
-                wb.cap = cap;
+    for (size_t i0 = 0; i0 < n; i0 += batch * REST_CONNS) {
+        size_t sent[REST_CONNS] = {0};
+        for (int c = 0; c < REST_CONNS; c++) {
+            size_t i = i0 + (size_t)c * batch;
+            if (i >= n)
+                break;
+            size_t m = n - i < batch ? n - i : batch;
+            /* A batch goes out in one write (pipelined requests). */
+            wb.len = 0;
+            for (size_t k = 0; k < m; k++) {
+                char tok[256], head[512];
+                mint_token(tok, creators[i + k]);
+                size_t bl = strlen(bodies[i + k]);
+                int hn = snprintf(head, sizeof head,
+                                  "POST /api/v1/conversations HTTP/1.1\r\nHost: x\r\n"
+                                  "Authorization: Bearer %s\r\nContent-Type: application/json\r\n"
+                                  "Content-Length: %zu\r\n\r\n",
+                                  tok, bl);
+                if (wb.cap < wb.len + (size_t)hn + bl) {
+                    size_t cap = (wb.len + (size_t)hn + bl) * 2;
+                    char *np = realloc(wb.p, cap);
+                    if (!np)
+                        die("out of memory");
+                    wb.p = np;
+                    wb.cap = cap;
+                }
+                memcpy(wb.p + wb.len, head, (size_t)hn);
+                memcpy(wb.p + wb.len + hn, bodies[i + k], bl);
+                wb.len += (size_t)hn + bl;
             }
-            memcpy(wb.p + wb.len, head, (size_t)hn);
-            memcpy(wb.p + wb.len + hn, bodies[i + k], bl);
-            wb.len += (size_t)hn + bl;
+            if (write_all(fds[c], wb.p, wb.len))
+                die("REST: write: %s", strerror(errno));
+            sent[c] = m;
         }
-        if (write_all(fd, wb.p, wb.len))
-            die("REST: write: %s", strerror(errno));
-        for (size_t k = 0; k < m; k++) {
-            char *body = NULL;
-            size_t blen = 0;
-            int st = http_read(fd, &rb, &body, &blen);
-            if (st != 201 && st != 200)
-                die("REST: POST /api/v1/conversations answered %d: %s", st, body ? body : "");
-            const char *p = body ? strstr(body, "\"conv_id\"") : NULL;
-            if (p)
-                p = strchr(p, ':');
-            if (!p)
-                die("REST: no conv_id in %s", body ? body : "");
-            conv_ids[i + k] = strtoull(p + 1, NULL, 10);
-            free(body);
+        for (int c = 0; c < REST_CONNS; c++) {
+            size_t i = i0 + (size_t)c * batch;
+            for (size_t k = 0; k < sent[c]; k++) {
+                char *body = NULL;
+                size_t blen = 0;
+                int st = http_read(fds[c], &rb[c], &body, &blen);
+                if (st != 201 && st != 200)
+                    die("REST: POST /api/v1/conversations answered %d: %s", st,
+                        body ? body : "");
+                const char *p = body ? strstr(body, "\"conv_id\"") : NULL;
+                if (p)
+                    p = strchr(p, ':');
+                if (!p)
+                    die("REST: no conv_id in %s", body ? body : "");
+                conv_ids[i + k] = strtoull(p + 1, NULL, 10);
+                free(body);
+            }
         }
     }
-    free(rb.p);
+    for (int c = 0; c < REST_CONNS; c++) {
+        free(rb[c].p);
+        close(fds[c]);
+    }
     free(wb.p);
-    close(fd);
 }
 
 static long rss_kb(pid_t pid)
@@ -2425,6 +2448,8 @@ static void parse_args(int argc, char **argv)
             opt.seconds = parse_double(name, v, 0.1, 3600);
         else if (!strcmp(name, "--warmup"))
             opt.warmup = parse_double(name, v, 0, 3600);
+        else if (!strcmp(name, "--drain"))
+            opt.drain = parse_double(name, v, 0.1, 3600);
         else if (!strcmp(name, "--workers"))
             opt.workers = parse_int(name, v, 1, MAX_WORKERS);
         else if (!strcmp(name, "--pairs"))

@@ -130,7 +130,7 @@ if cl start "${limits[@]}"; then
   targets=$(for i in 1 2 3; do printf '127.0.0.1:%d\n' $((http_base + i)); done | paste -sd,)
   for p in ${placements//,/ }; do
     run "cluster-$p" --connect "$targets" --pids "$pids" --secret-file "$tmp/chatd.secret" \
-      --placement "$p" "${common[@]}"
+      --placement "$p" --drain 20 "${common[@]}"
   done
   # Every shard's first election is in the count; more mean leaders changed
   # during the runs (an overloaded node missing heartbeats), and writes in
