@@ -700,3 +700,196 @@ TEST(segship_install_refused_when_terms_or_msg_ids_do_not_continue)
     log_segment_files_free(&f);
     ASSERT_OK(log_close(L));
 }
+
+/* ---- power loss at every step of an install ----
+ * A vfs over io_fault that counts the calls which change files (open with
+ * IO_CREATE, pwrite, fdatasync, truncate, rename, unlink, fsync_dir) and
+ * simulates the power loss just before the armed one runs. One at a time:
+ * the io_file functions carry no vfs, so the state is global. */
+
+static struct {
+    io_vfs base;
+    io_vfs *inner;
+    pthread_mutex_t mu;
+    int armed;
+    uint64_t count, crash_at;
+    int mode;
+} cv = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+static void cv_step(void)
+{
+    pthread_mutex_lock(&cv.mu);
+    if (cv.armed && ++cv.count == cv.crash_at)
+        iofault_crash(cv.inner, cv.mode);
+    pthread_mutex_unlock(&cv.mu);
+}
+
+static int cv_open(io_vfs *v, const char *path, int flags, io_file **out)
+{
+    if (flags & IO_CREATE)
+        cv_step();
+    return cv.inner->open(cv.inner, path, flags, out);
+}
+static int cv_close(io_file *f) { return cv.inner->close(f); }
+static ssize_t cv_pread(io_file *f, void *buf, size_t len, uint64_t off)
+{
+    return cv.inner->pread(f, buf, len, off);
+}
+static int cv_pwrite(io_file *f, const void *buf, size_t len, uint64_t off)
+{
+    cv_step();
+    return cv.inner->pwrite(f, buf, len, off);
+}
+static int cv_fdatasync(io_file *f)
+{
+    cv_step();
+    return cv.inner->fdatasync(f);
+}
+static int cv_truncate(io_file *f, uint64_t size)
+{
+    cv_step();
+    return cv.inner->truncate(f, size);
+}
+static int cv_size(io_file *f, uint64_t *out) { return cv.inner->size(f, out); }
+static int cv_rename(io_vfs *v, const char *from, const char *to)
+{
+    cv_step();
+    return cv.inner->rename(cv.inner, from, to);
+}
+static int cv_unlink(io_vfs *v, const char *path)
+{
+    cv_step();
+    return cv.inner->unlink(cv.inner, path);
+}
+static int cv_mkdir(io_vfs *v, const char *path) { return cv.inner->mkdir(cv.inner, path); }
+static int cv_fsync_dir(io_vfs *v, const char *path)
+{
+    cv_step();
+    return cv.inner->fsync_dir(cv.inner, path);
+}
+static int cv_list(io_vfs *v, const char *dir, io_list_cb cb, void *arg)
+{
+    return cv.inner->list(cv.inner, dir, cb, arg);
+}
+static int cv_exists(io_vfs *v, const char *path) { return cv.inner->exists(cv.inner, path); }
+
+static io_vfs *cv_new(io_vfs *inner)
+{
+    cv.base = (io_vfs){cv_open, cv_close, cv_pread, cv_pwrite, cv_fdatasync,
+                       cv_truncate, cv_size, cv_rename, cv_unlink, cv_mkdir,
+                       cv_fsync_dir, cv_list, cv_exists};
+    cv.inner = inner;
+    cv.armed = 0;
+    cv.count = 0;
+    return &cv.base;
+}
+
+static void cv_arm(uint64_t crash_at, int mode)
+{
+    pthread_mutex_lock(&cv.mu);
+    cv.armed = 1;
+    cv.count = 0;
+    cv.crash_at = crash_at;
+    cv.mode = mode;
+    pthread_mutex_unlock(&cv.mu);
+}
+
+static uint64_t cv_disarm(void)
+{
+    pthread_mutex_lock(&cv.mu);
+    cv.armed = 0;
+    uint64_t n = cv.count;
+    pthread_mutex_unlock(&cv.mu);
+    return n;
+}
+
+static int no_tmp_cb(const char *name, void *arg)
+{
+    if (strncmp(name, "tmp-", 4) == 0)
+        (*(int *)arg)++;
+    return 0;
+}
+
+TEST(segship_power_loss_during_install_leaves_no_segment_or_the_whole_one)
+{
+    uint32_t nsegs;
+    log_t *L = make_leader(&nsegs);
+    log_segment_files f0, f1;
+    ASSERT_OK(log_segment_files_get(L, SH, 0, &f0));
+    ASSERT_OK(log_segment_files_get(L, SH, 1, &f1));
+    recs *rl = read_recs(L, SH);
+    ASSERT_OK(log_close(L));
+    uint64_t seed = test_seed();
+    int saw_none = 0, saw_whole = 0;
+    uint64_t total = UINT64_MAX;
+    for (uint64_t k = 1; total == UINT64_MAX && k < 200; k++) {
+        char fd[4096];
+        snprintf(fd, sizeof fd, "%s/f%llu", test_dir(), (unsigned long long)k);
+        io_vfs *fio = iofault_new(seed + k);
+        ASSERT(fio);
+        io_vfs *io = cv_new(fio);
+        log_t *F = open_opts(fd, io, SEG_BYTES);
+        ASSERT(F);
+        ASSERT_OK(install_sync(F, SH, &f0, NULL));
+        int mode = (int)(k % 4);
+        cv_arm(k, mode);
+        uint64_t end = 0;
+        int rc = install_sync(F, SH, &f1, &end);
+        uint64_t ops = cv_disarm();
+        int crashed = iofault_crashed(fio);
+        if (!crashed) {
+            /* k is past the install's last step: every step was tried. */
+            ASSERT_OK(rc);
+            total = ops;
+            iofault_crash(fio, IOFAULT_CRASH_DROP); /* durable is durable */
+        }
+        log_close(F);
+        iofault_free(fio);
+
+        /* Recovery: no segment [f1.base, f1.end), or the whole one. */
+        F = open_opts(fd, NULL, SEG_BYTES);
+        ASSERT(F);
+        int tmps = 0;
+        char sd[8192];
+        snprintf(sd, sizeof sd, "%s/shard-%04u", fd, SH);
+        io_posix()->list(io_posix(), sd, no_tmp_cb, &tmps);
+        ASSERT_EQ(tmps, 0);
+        uint64_t next;
+        ASSERT_OK(log_shard_ends(F, SH, &next, NULL));
+        if (next != f0.end && next != f1.end)
+            FAIL("crash at step %llu (mode %d): log ends at %llu, not %llu or %llu",
+                 (unsigned long long)k, mode, (unsigned long long)next,
+                 (unsigned long long)f0.end, (unsigned long long)f1.end);
+        if (rc == 0)
+            ASSERT_EQ(next, f1.end); /* acknowledged: must be there */
+        saw_none |= next == f0.end;
+        saw_whole |= next == f1.end;
+        ASSERT_EQ(has_file(fd, SH, f1.base, ".zlog"), next == f1.end);
+        ASSERT_EQ(has_file(fd, SH, f1.base, ".idx"), next == f1.end);
+        recs *rf = read_recs(F, SH);
+        ASSERT_EQ(rf->n, next);
+        ASSERT_MEM_EQ(rl->v, rf->v, sizeof rl->v[0] * rf->n);
+        free(rf);
+        log_shard_info si;
+        ASSERT_OK(log_shard_info_get(F, SH, &si));
+        ASSERT_EQ(si.damaged_ranges, 0);
+        ASSERT_EQ(si.failed, 0);
+        /* The log goes on: the segment (again, if lost) and an append. */
+        if (next == f0.end)
+            ASSERT_OK(install_sync(F, SH, &f1, NULL));
+        uint64_t c[3], id;
+        convs_in(SH, c, 3);
+        uint64_t last = log_conv_last_msg_id(F, c[2]);
+        ASSERT_OK(th_append_msg(F, c[2], "after the crash", &id));
+        ASSERT_EQ(id, last + 1);
+        ASSERT_OK(log_close(F));
+        if (verify_dir(fd) != 0)
+            FAIL("crash at step %llu (mode %d): chatlog verify fails",
+                 (unsigned long long)k, mode);
+    }
+    ASSERT(total != UINT64_MAX && total >= 6);
+    ASSERT(saw_none && saw_whole);
+    free(rl);
+    log_segment_files_free(&f0);
+    log_segment_files_free(&f1);
+}
