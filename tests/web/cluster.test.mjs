@@ -44,9 +44,12 @@ before(async () => {
 });
 
 after(async () => {
+  // Everything started here is stopped here, whatever happened above.
   await browser?.close().catch(() => {});
-  await cluster?.stop();
+  let err;
+  try { await cluster?.stop(); } catch (e) { err = e; }
   cluster?.cleanup();
+  if (err) throw err;
 });
 
 const shown = (page) => page.$$eval('#message-list .msg', (els) => els.map((e) => ({

@@ -28,7 +28,7 @@ export const CHATD = process.env.CHATD ? abs(process.env.CHATD) : path.join(REPO
 export const WEB_ROOT = process.env.WEB_ROOT ? abs(process.env.WEB_ROOT) : path.join(path.dirname(CHATD), 'web');
 export const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 export const SCREENSHOTS = process.env.WEB_SCREENSHOTS ? abs(process.env.WEB_SCREENSHOTS) : '';
-export const SANITIZED = /build-san/.test(CHATD);
+export const SANITIZED = /san/.test(path.basename(path.dirname(CHATD))); // build-san, build-x-san
 /** The bound of every wait, in ms. */
 export const WAIT_MS = SANITIZED ? 15000 : 8000;
 
@@ -314,7 +314,8 @@ export class ChatdCluster {
     return withTimeout(nd.exited, WAIT_MS, `node ${i} to die`);
   }
 
-  /** SIGTERM every node still running and wait; SIGKILL after WAIT_MS. */
+  /** SIGTERM every node still running and wait; SIGKILL after WAIT_MS.
+   * Throws when a node's log has a sanitizer report. */
   async stop() {
     await Promise.all(this.nodes.slice(1).map(async (nd) => {
       const proc = nd.proc;
@@ -327,6 +328,8 @@ export class ChatdCluster {
         await nd.exited;
       }
     }));
+    const bad = this.nodes.slice(1).filter((nd) => /Sanitizer|runtime error:/.test(nd.log));
+    if (bad.length) throw new Error(`sanitizer reports: ${bad.map((nd) => `node ${nd.id}: ${nd.log.slice(-3000)}`).join('\n')}`);
   }
 
   token(uid, ttl = 3600) {
