@@ -893,3 +893,68 @@ TEST(segship_power_loss_during_install_leaves_no_segment_or_the_whole_one)
     log_segment_files_free(&f0);
     log_segment_files_free(&f1);
 }
+
+/* ---- shipping from a live leader ---- */
+
+typedef struct live_ctx {
+    log_t *log;
+    int rc;
+} live_ctx;
+
+static void *live_writer(void *p)
+{
+    live_ctx *x = p;
+    uint64_t c[3];
+    convs_in(SH, c, 3);
+    for (int r = 0; r < 30 && x->rc == 0; r++)
+        x->rc = th_append_many(x->log, c[r % 3], "live-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", 40);
+    return NULL;
+}
+
+TEST(segship_files_from_a_live_leader_install_while_it_writes_and_seals)
+{
+    log_t *L = open_opts(test_path(0, "leader"), NULL, SEG_BYTES);
+    ASSERT(L);
+    const char *fd = test_path(1, "follower");
+    log_t *F = open_opts(fd, NULL, SEG_BYTES);
+    ASSERT(F);
+    live_ctx x = {L, 0};
+    pthread_t th;
+    ASSERT_EQ(pthread_create(&th, NULL, live_writer, &x), 0);
+    uint32_t next = 0, installed_live = 0;
+    uint64_t end = 0;
+    for (int spins = 0; spins < 4000; spins++) {
+        log_segment_files f;
+        int rc = log_segment_files_get(L, SH, next, &f);
+        if (rc == CL_EINVAL || rc == CL_ENOTFOUND) {
+            if (spins > 50 && x.rc == 0 && installed_live > 2)
+                break;
+            usleep(500);
+            continue;
+        }
+        ASSERT_OK(rc);
+        ASSERT_EQ(f.base, end);
+        ASSERT_OK(install_sync(F, SH, &f, &end));
+        log_segment_files_free(&f);
+        next++;
+        installed_live++;
+    }
+    pthread_join(th, NULL);
+    ASSERT_OK(x.rc);
+    ASSERT_GT(installed_live, 0);
+    uint32_t nsegs = wait_sealed(L, SH);
+    for (; next + 1 < nsegs; next++) {
+        log_segment_files f;
+        ASSERT_OK(log_segment_files_get(L, SH, next, &f));
+        ASSERT_OK(install_sync(F, SH, &f, &end));
+        log_segment_files_free(&f);
+    }
+    bytes_buf b = {0};
+    ASSERT_OK(log_read_from(L, SH, end, 0, collect_cb, &b));
+    ASSERT_OK(write_sync(F, SH, end, b.p, b.len));
+    free(b.p);
+    assert_same(L, F);
+    ASSERT_OK(log_close(F));
+    ASSERT_OK(log_close(L));
+    ASSERT_EQ(verify_dir(fd), 0);
+}
