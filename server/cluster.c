@@ -46,6 +46,7 @@
 #include <event2/event.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -68,6 +69,8 @@
 #define CL_FRAME_SOFT (8u << 20) /* flush a peer's frame beyond this */
 #define CL_MAX_BATCHES 4096    /* batches in one received RaftMsg */
 #define CL_HINT_MS 1000        /* commit hints saved at most this often */
+#define CL_BOOT_LINK_MS 3000   /* at start, wait this long for a first link */
+#define CL_BOOT_REPLY_MS 10000 /* and this long for an answer about a segment */
 
 /* ---- raft-state file --------------------------------------------------
  *
@@ -153,6 +156,10 @@ typedef struct peer_out {
     Chatlog__Cluster__V1__Typing **typ;
     size_t ntyp, captyp;
     int presence_sync;
+    Chatlog__Cluster__V1__SegmentRequest **sreq;
+    size_t nsreq, capsreq;
+    Chatlog__Cluster__V1__SegmentReply **srep;
+    size_t nsrep, capsrep;
     size_t bytes;
     /* remote sessions: user id → devices << 32 | away */
     u64map remote;
@@ -191,9 +198,18 @@ typedef struct cluster {
     size_t secret_len;
     SSL_CTX *tls_srv, *tls_cli;
     int closing;    /* cluster_stop ran: answer everything with CL_ECLOSED */
+    /* start-up catch-up by whole segments (boot_segments) */
+    int booting;
+    uint32_t boot_shard;
+    uint64_t boot_from;
+    uint32_t boot_asked, boot_none;
+    Chatlog__Cluster__V1__SegmentReply *boot_got; /* owned by boot_frame */
+    Chatlog__Cluster__V1__Frame *boot_frame;
+    int boot_timeout;
     int hint_dirty; /* a commit hint moved since raft-state was saved */
     /* metrics */
     uint64_t forwarded_out, forwarded_in, frames_bad, became_leader;
+    uint64_t segments_sent, segments_installed;
 } cluster;
 
 static uint64_t mono_ms(void)
@@ -385,7 +401,14 @@ static void peer_reset(peer_out *p)
         free(p->pres[i]);
     for (size_t i = 0; i < p->ntyp; i++)
         free(p->typ[i]);
-    p->nraft = p->nfwd = p->nres = p->npres = p->ntyp = 0;
+    for (size_t i = 0; i < p->nsreq; i++)
+        free(p->sreq[i]);
+    for (size_t i = 0; i < p->nsrep; i++) {
+        free(p->srep[i]->zlog.data);
+        free(p->srep[i]->idx.data);
+        free(p->srep[i]);
+    }
+    p->nraft = p->nfwd = p->nres = p->npres = p->ntyp = p->nsreq = p->nsrep = 0;
     p->presence_sync = 0;
     p->bytes = 0;
 }
@@ -393,7 +416,7 @@ static void peer_reset(peer_out *p)
 static void peer_flush(cluster *cl, peer_out *p)
 {
     if (!p->nraft && !p->nfwd && !p->nres && !p->npres && !p->ntyp &&
-        !p->presence_sync)
+        !p->presence_sync && !p->nsreq && !p->nsrep)
         return;
     Chatlog__Cluster__V1__Frame f = CHATLOG__CLUSTER__V1__FRAME__INIT;
     f.raft = p->raft;
@@ -407,6 +430,10 @@ static void peer_flush(cluster *cl, peer_out *p)
     f.typing = p->typ;
     f.n_typing = p->ntyp;
     f.presence_sync = p->presence_sync;
+    f.segment_request = p->sreq;
+    f.n_segment_request = p->nsreq;
+    f.segment_reply = p->srep;
+    f.n_segment_reply = p->nsrep;
     size_t len = chatlog__cluster__v1__frame__get_packed_size(&f);
     uint8_t *buf = malloc(len ? len : 1);
     if (buf) {
@@ -1280,6 +1307,10 @@ static void on_presence(cluster *cl, uint32_t from, const Chatlog__Cluster__V1__
 static void on_typing(cluster *cl, const Chatlog__Cluster__V1__Typing *t);
 static void send_all_presence(cluster *cl, uint32_t to);
 
+static void on_segment_request(cluster *cl, uint32_t from,
+                               const Chatlog__Cluster__V1__SegmentRequest *r);
+static int boot_on_frame(cluster *cl, uint32_t from, Chatlog__Cluster__V1__Frame *f);
+
 static void on_frame(void *arg, uint32_t from, const uint8_t *data, size_t len)
 {
     cluster *cl = arg;
@@ -1288,6 +1319,13 @@ static void on_frame(void *arg, uint32_t from, const uint8_t *data, size_t len)
         cl->frames_bad++;
         return;
     }
+    if (cl->booting) {
+        if (!boot_on_frame(cl, from, f))
+            chatlog__cluster__v1__frame__free_unpacked(f, NULL);
+        return;
+    }
+    for (size_t i = 0; i < f->n_segment_request; i++)
+        on_segment_request(cl, from, f->segment_request[i]);
     for (size_t i = 0; i < f->n_raft; i++)
         on_raft(cl, from, f->raft[i]);
     for (size_t i = 0; i < f->n_forward; i++)
@@ -1303,6 +1341,216 @@ static void on_frame(void *arg, uint32_t from, const uint8_t *data, size_t len)
     chatlog__cluster__v1__frame__free_unpacked(f, NULL);
     after(cl);
     conn_flush_all(cl->s);
+}
+
+/* ---- catching up by whole segments ----
+ *
+ * A node that starts behind (an empty data directory, or a long absence)
+ * first asks its peers, shard by shard, for the sealed and committed segment
+ * that begins where its log ends, installs it (log_segment_install: verified
+ * block by block before anything is written), and asks again until no peer
+ * has one. Only then does Raft open the shard; the leader's appends bring the
+ * tail. Committed records never change, so any peer's committed segment will
+ * do, and a node's commit offset is a true one. Raft messages that arrive
+ * meanwhile are dropped: the leaders retransmit. */
+
+static void on_segment_request(cluster *cl, uint32_t from,
+                               const Chatlog__Cluster__V1__SegmentRequest *r)
+{
+    peer_out *p = peer(cl, from);
+    if (!p || grow((void **)&p->srep, &p->capsrep, p->nsrep + 1, sizeof *p->srep))
+        return;
+    Chatlog__Cluster__V1__SegmentReply *m = calloc(1, sizeof *m);
+    if (!m)
+        return;
+    chatlog__cluster__v1__segment_reply__init(m);
+    m->shard = r->shard;
+    m->seg_base = r->from;
+    m->none = 1;
+    raft_shard_info ri;
+    if (!cl->booting && r->shard < cl->nshards &&
+        raft_shard_info_get(cl->rn, r->shard, &ri) == 0) {
+        log_segment_info si;
+        for (uint32_t i = 0; log_segment_info_get(cl->s->log, r->shard, i, &si) == 0; i++) {
+            if (si.base_offset > r->from)
+                break;
+            if (si.base_offset != r->from)
+                continue;
+            log_segment_files sf;
+            if (si.sealed && si.compressed && si.end_offset <= ri.commit_offset &&
+                log_segment_files_get(cl->s->log, r->shard, i, &sf) == 0) {
+                m->none = 0;
+                m->end = sf.end;
+                m->last_term = sf.last_term;
+                m->zlog.data = sf.zlog;
+                m->zlog.len = sf.zlog_len;
+                m->idx.data = sf.idx;
+                m->idx.len = sf.idx_len;
+                /* ownership of the buffers moved to m */
+                sf.zlog = sf.idx = NULL;
+                log_segment_files_free(&sf);
+                cl->segments_sent++;
+            }
+            break;
+        }
+    }
+    p->srep[p->nsrep++] = m;
+    p->bytes += m->zlog.len + m->idx.len;
+    peer_flush(cl, p);
+}
+
+/* While booting: keep the first useful answer for the segment being asked
+ * for (returns 1: f is kept, freed by the caller of boot_segments). */
+static int boot_on_frame(cluster *cl, uint32_t from, Chatlog__Cluster__V1__Frame *f)
+{
+    (void)from;
+    /* Peers that are behind as well ask us; we have nothing to give yet. */
+    for (size_t i = 0; i < f->n_segment_request; i++)
+        on_segment_request(cl, from, f->segment_request[i]);
+    for (size_t i = 0; i < f->n_segment_reply; i++) {
+        Chatlog__Cluster__V1__SegmentReply *r = f->segment_reply[i];
+        if (r->shard != cl->boot_shard || r->seg_base != cl->boot_from)
+            continue;
+        if (r->none) {
+            cl->boot_none++;
+            continue;
+        }
+        if (!cl->boot_got && r->end > r->seg_base) {
+            cl->boot_got = r;
+            cl->boot_frame = f;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static void boot_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    ((cluster *)arg)->boot_timeout = 1;
+}
+
+/* Run the loop until cond holds or ms pass; 0 if cond held. */
+static int boot_wait(cluster *cl, int (*cond)(cluster *), uint32_t ms)
+{
+    struct event *t = evtimer_new(cl->s->base, boot_timer_cb, cl);
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    cl->boot_timeout = 0;
+    if (!t || evtimer_add(t, &tv)) {
+        if (t)
+            event_free(t);
+        return -1;
+    }
+    while (!cond(cl) && !cl->boot_timeout)
+        event_base_loop(cl->s->base, EVLOOP_ONCE);
+    event_free(t);
+    return cond(cl) ? 0 : -1;
+}
+
+static int any_link_up(cluster *cl)
+{
+    for (uint32_t i = 0; i < cl->npeers; i++)
+        if (cnet_peer_is_up(cl->net, cl->peers[i].id))
+            return 1;
+    return 0;
+}
+
+static int boot_answered(cluster *cl)
+{
+    return cl->boot_got || cl->boot_none >= cl->boot_asked;
+}
+
+typedef struct inst_wait {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int done, status;
+} inst_wait;
+
+static void inst_cb(void *arg, int status, uint64_t end)
+{
+    inst_wait *w = arg;
+    (void)end;
+    pthread_mutex_lock(&w->mu);
+    w->done = 1;
+    w->status = status;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+/* Returns the number of segments installed, or -1 (logged). upto[shard] is
+ * raised to the end of what was installed (committed on the peer). */
+static int boot_segments(cluster *cl, uint64_t *upto)
+{
+    srv *s = cl->s;
+    int installed = 0;
+    cl->booting = 1;
+    if (boot_wait(cl, any_link_up, CL_BOOT_LINK_MS)) {
+        srv_log(s, LOG_INFO, "cluster: no other node reachable yet; starting from the local log");
+        cl->booting = 0;
+        return 0;
+    }
+    /* Give the other links a moment too: more peers, more answers. */
+    for (uint32_t sh = 0; sh < cl->nshards; sh++) {
+        for (;;) {
+            uint64_t next = 0;
+            log_shard_ends(s->log, sh, &next, NULL);
+            cl->boot_shard = sh;
+            cl->boot_from = next;
+            cl->boot_got = NULL;
+            cl->boot_frame = NULL;
+            cl->boot_none = cl->boot_asked = 0;
+            for (uint32_t i = 0; i < cl->npeers; i++) {
+                peer_out *p = &cl->peers[i];
+                if (!cnet_peer_is_up(cl->net, p->id) ||
+                    grow((void **)&p->sreq, &p->capsreq, p->nsreq + 1, sizeof *p->sreq))
+                    continue;
+                Chatlog__Cluster__V1__SegmentRequest *q = malloc(sizeof *q);
+                if (!q)
+                    continue;
+                chatlog__cluster__v1__segment_request__init(q);
+                q->shard = sh;
+                q->from = next;
+                p->sreq[p->nsreq++] = q;
+                peer_flush(cl, p);
+                cl->boot_asked++;
+            }
+            if (!cl->boot_asked || boot_wait(cl, boot_answered, CL_BOOT_REPLY_MS) ||
+                !cl->boot_got)
+                break;
+            Chatlog__Cluster__V1__SegmentReply *r = cl->boot_got;
+            log_segment_files f = {.base = r->seg_base, .end = r->end, .last_term = r->last_term,
+                                   .zlog = r->zlog.data, .zlog_len = r->zlog.len,
+                                   .idx = r->idx.data, .idx_len = r->idx.len};
+            inst_wait w = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0};
+            int rc = log_segment_install(s->log, sh, &f, inst_cb, &w);
+            if (!rc) {
+                pthread_mutex_lock(&w.mu);
+                while (!w.done)
+                    pthread_cond_wait(&w.cv, &w.mu);
+                pthread_mutex_unlock(&w.mu);
+                rc = w.status;
+            }
+            chatlog__cluster__v1__frame__free_unpacked(cl->boot_frame, NULL);
+            cl->boot_frame = NULL;
+            cl->boot_got = NULL;
+            if (rc) {
+                srv_log(s, LOG_WARN,
+                        "cluster: shard %u: segment [%llu, %llu) from a peer not installed: %s",
+                        sh, (unsigned long long)f.base, (unsigned long long)f.end,
+                        cl_strerror(rc));
+                break;
+            }
+            installed++;
+            cl->segments_installed++;
+            if (f.end > upto[sh])
+                upto[sh] = f.end;
+            srv_log(s, LOG_INFO, "cluster: shard %u: installed segment [%llu, %llu) from a peer",
+                    sh, (unsigned long long)f.base, (unsigned long long)f.end);
+        }
+    }
+    cl->booting = 0;
+    return installed;
 }
 
 /* ---- presence and typing across nodes ---- */
@@ -1402,6 +1650,8 @@ static void on_peer(void *arg, uint32_t id, int up)
     if (!p)
         return;
     srv_log(cl->s, LOG_INFO, "cluster: link to node %u %s", id, up ? "up" : "down");
+    if (cl->booting)
+        return; /* no Raft, no sessions yet */
     if (up) {
         p->presence_sync = 1;
         send_all_presence(cl, id);
@@ -1631,9 +1881,27 @@ int cluster_start(srv *s)
     uint64_t *upto = calloc(cl->nshards, sizeof *upto);
     if (!upto)
         return -1;
-    uint64_t now = mono_ms();
+    /* The links first: a node that starts behind catches up by whole
+     * segments before Raft opens its shards (boot_segments). */
+    nc.self = cfg->node_id;
+    nc.listen = cfg->cluster_listen;
+    nc.secret = cl->secret;
+    nc.secret_len = cl->secret_len;
+    nc.tls_server = cl->tls_srv;
+    nc.tls_client = cl->tls_cli;
+    nc.on_frame = on_frame;
+    nc.on_peer = on_peer;
+    nc.log = engine_log_fn;
+    nc.arg = cl;
+    cl->booting = 1;
+    rc = cnet_new(s->base, &nc, &cl->net);
+    if (rc) {
+        srv_log(s, LOG_ERROR, "cluster_listen: cannot listen on %s: %s", cfg->cluster_listen,
+                strerror(-rc));
+        free(upto);
+        return -1;
+    }
     for (uint32_t sh = 0; sh < cl->nshards; sh++) {
-        hs_ent *e = &cl->hs[sh];
         int64_t lost = cut_damage(cl, sh);
         if (lost < 0) {
             srv_log(s, LOG_ERROR, "cluster: shard %u: cannot drop damaged data: %s", sh,
@@ -1641,8 +1909,18 @@ int cluster_start(srv *s)
             free(upto);
             return -1;
         }
-        if ((uint64_t)lost > e->acked_end)
-            e->acked_end = (uint64_t)lost;
+        if ((uint64_t)lost > cl->hs[sh].acked_end)
+            cl->hs[sh].acked_end = (uint64_t)lost;
+        upto[sh] = cl->hs[sh].commit_hint;
+    }
+    /* What was installed was committed on the peer: a true commit hint. */
+    if (boot_segments(cl, upto) > 0)
+        for (uint32_t sh = 0; sh < cl->nshards; sh++)
+            if (upto[sh] > cl->hs[sh].commit_hint)
+                cl->hs[sh].commit_hint = upto[sh];
+    uint64_t now = mono_ms();
+    for (uint32_t sh = 0; sh < cl->nshards; sh++) {
+        hs_ent *e = &cl->hs[sh];
         desc_ctx d = {0};
         rc = log_batch_each(s->log, sh, desc_cb, &d);
         uint64_t next = 0, durable = 0;
@@ -1719,22 +1997,6 @@ int cluster_start(srv *s)
     if (rc)
         srv_log(s, LOG_ERROR, "cluster: state loaded around damaged data (%s)",
                 cl_strerror(rc));
-    nc.self = cfg->node_id;
-    nc.listen = cfg->cluster_listen;
-    nc.secret = cl->secret;
-    nc.secret_len = cl->secret_len;
-    nc.tls_server = cl->tls_srv;
-    nc.tls_client = cl->tls_cli;
-    nc.on_frame = on_frame;
-    nc.on_peer = on_peer;
-    nc.log = engine_log_fn;
-    nc.arg = cl;
-    rc = cnet_new(s->base, &nc, &cl->net);
-    if (rc) {
-        srv_log(s, LOG_ERROR, "cluster_listen: cannot listen on %s: %s", cfg->cluster_listen,
-                strerror(-rc));
-        return -1;
-    }
     cl->tick_ev = event_new(s->base, -1, EV_PERSIST, on_tick, cl);
     struct timeval tv = {0, CL_TICK_MS * 1000};
     if (!cl->tick_ev || event_add(cl->tick_ev, &tv))
@@ -1794,6 +2056,8 @@ void cluster_free(srv *s)
         free(cl->peers[i].res);
         free(cl->peers[i].pres);
         free(cl->peers[i].typ);
+        free(cl->peers[i].sreq);
+        free(cl->peers[i].srep);
         map_free(&cl->peers[i].remote);
     }
     raft_node_free(cl->rn);
@@ -1912,6 +2176,11 @@ void cluster_metrics(srv *s, char **buf, size_t *len, size_t *cap)
                 "chatd_cluster_forwarded_total{dir=\"out\"} %llu\n"
                 "chatd_cluster_forwarded_total{dir=\"in\"} %llu\n",
                 (unsigned long long)cl->forwarded_out, (unsigned long long)cl->forwarded_in);
+    append_line(buf, len, cap, "# TYPE chatd_cluster_segments_total counter\n"
+                "chatd_cluster_segments_total{dir=\"sent\"} %llu\n"
+                "chatd_cluster_segments_total{dir=\"installed\"} %llu\n",
+                (unsigned long long)cl->segments_sent,
+                (unsigned long long)cl->segments_installed);
     append_line(buf, len, cap, "# TYPE chatd_cluster_bad_frames_total counter\n"
                 "chatd_cluster_bad_frames_total %llu\n", (unsigned long long)cl->frames_bad);
     append_line(buf, len, cap, "# TYPE chatd_cluster_replication_lag_records gauge\n");
