@@ -1913,13 +1913,23 @@ static int shard_cut(shard *s, uint64_t offset)
         seg__free(log, d);
         s->nsegs--;
     }
-    /* Damage records of what is gone go with it. */
+    /* Damage records of what is gone go with it. When no damage is left
+     * (a replica cut its log at the damage to fetch it again), neither is
+     * the write fence, nor the index's damaged entries (all after the cut). */
+    int damage_left = 0;
     for (uint32_t i = 0; i < s->ndamage;) {
         log_damage *d = &s->damage[i];
-        if (d->seg_base > sg->base || (d->seg_base == sg->base && d->file_pos >= pos))
+        if (d->seg_base > sg->base || (d->seg_base == sg->base && d->file_pos >= pos)) {
             s->damage[i] = s->damage[--s->ndamage];
-        else
+        } else {
+            damage_left |= !d->torn_tail;
             i++;
+        }
+    }
+    if (!damage_left && s->write_fenced) {
+        s->write_fenced = 0;
+        log__msg(log, LOG_INFO, "shard %u: the damaged part was cut off; writes allowed again",
+                 s->id);
     }
     if (sg->state == SEG_COMPRESSED && (rc = uncompress_prefix_locked(s, sg, pos))) {
         set_failed(s, rc);
@@ -1949,7 +1959,8 @@ static int shard_cut(shard *s, uint64_t offset)
         conv *c = s->convs.slots[i];
         if (!c)
             continue;
-        while (c->n && c->locs[c->n - 1] != LOC_DAMAGED && c->locs[c->n - 1] >= cut) {
+        while (c->n && (c->locs[c->n - 1] == LOC_DAMAGED ? !damage_left
+                                                          : c->locs[c->n - 1] >= cut)) {
             c->n--;
             s->messages--;
         }

@@ -978,14 +978,31 @@ static void dispatch(cluster *cl)
             continue;
         }
         if (w->sent_to) {
-            if (!cnet_peer_is_up(cl->net, w->sent_to) || now > w->deadline + CL_ACK_MS) {
-                /* It may have been appended: the outcome is unknown. */
+            /* The link dropped, or the shard has another leader now (the
+             * one we sent to was stopped or cut off): it may have been
+             * appended, the outcome is unknown. */
+            if (!cnet_peer_is_up(cl->net, w->sent_to) ||
+                (h->leader && h->leader != w->sent_to) || now > w->deadline + CL_ACK_MS) {
                 *pp = w->next;
                 wreq_done(cl, w, CL_ETIMEDOUT, NULL);
                 continue;
             }
         } else if (h->role == RAFT_LEADER && h->ready) {
             *pp = w->next;
+            /* While it waited, a new leader may have committed the same
+             * message from an earlier attempt (its key is then settled):
+             * answer with that one rather than append it twice. */
+            idem *k = w->rec.type == REC_MESSAGE && w->rec.key_len
+                          ? st_idem_find(cl->s->st, w->rec.sender_id, w->rec.conv_id,
+                                         (const char *)w->rec.key, w->rec.key_len)
+                          : NULL;
+            if (k && !k->pending) {
+                log_append_result r = {.shard = w->shard, .msg_id = k->msg_id,
+                                       .ts_ms = k->ts_ms,
+                                       .offset = h->applied ? h->applied - 1 : 0};
+                wreq_done(cl, w, 0, &r);
+                continue;
+            }
             int rc = leader_append(cl, w->shard, &w->rec, w->done, w->ctx);
             if (rc)
                 w->done(cl->s, w->ctx, rc, NULL);
