@@ -64,8 +64,12 @@
 #include "state.h"
 
 #define CL_TICK_MS 10
-#define CL_WAIT_MS 5000        /* a write waits this long for a leader */
-#define CL_ACK_MS 10000        /* and this long for its commit */
+/* A write waits this long for a leader, and a write accepted by a leader
+ * (this node's or a forwarded one) this long for its commit: after that the
+ * client gets "unavailable" (outcome unknown; retry with the same key). A
+ * minority side of a partition answers within this, rather than hang. */
+#define CL_WAIT_MS 5000
+#define CL_ACK_MS 5000
 #define CL_FRAME_SOFT (8u << 20) /* flush a peer's frame beyond this */
 #define CL_MAX_BATCHES 4096    /* batches in one received RaftMsg */
 #define CL_HINT_MS 1000        /* commit hints saved at most this often */
@@ -982,7 +986,7 @@ static void dispatch(cluster *cl)
              * one we sent to was stopped or cut off): it may have been
              * appended, the outcome is unknown. */
             if (!cnet_peer_is_up(cl->net, w->sent_to) ||
-                (h->leader && h->leader != w->sent_to) || now > w->deadline + CL_ACK_MS) {
+                (h->leader && h->leader != w->sent_to) || now > w->deadline) {
                 *pp = w->next;
                 wreq_done(cl, w, CL_ETIMEDOUT, NULL);
                 continue;
@@ -1012,6 +1016,7 @@ static void dispatch(cluster *cl)
         } else if (h->leader && h->leader != cl->rc.self &&
                    cnet_peer_is_up(cl->net, h->leader)) {
             if (send_forward(cl, w, h->leader) == 0) {
+                w->deadline = now + CL_ACK_MS;
                 pp = &w->next;
                 continue;
             }
