@@ -30,8 +30,10 @@
  *     accepts, each binary message a ServerFrame, every Error with a known
  *     code, nothing after a close frame (fsrv_check_ws_stream).
  * At the end the client hangs up, and the server must end up with no
- * connection and no append in flight.
+ * connection and no append in flight. FUZZ_VERBOSE=1 prints what the server
+ * wrote.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -65,23 +67,48 @@ static size_t mirror(srv *s, const uint8_t *in, size_t n, fsrv_req *reqs)
             k++;
             break;
         }
+        int get = !strcmp(r.method, "GET"), head = !strcmp(r.method, "HEAD");
+        q->head = head; /* whatever the answer, a HEAD gets no body */
         if (r.content_length > media_body_limit(s, &r)) {
             q->kind = FSRV_RQ_BAD;
             q->status = 413;
             k++;
             break;
         }
-        int get = !strcmp(r.method, "GET"), head = !strcmp(r.method, "HEAD");
-        q->head = head;
         if (!strcmp(r.method, "POST") && !strcmp(r.path, "/api/v1/media")) {
-            /* A streaming upload (conn.c): may be answered as soon as its
-             * head is read (a refusal), and its body may be chunked. What
-             * follows is not mirrored: any well-formed responses. */
+            /* A streaming upload (conn.c): refused as soon as its head is
+             * read (then with Connection: close), or answered once its
+             * body, Content-Length or chunked, is complete. */
             q->kind = FSRV_RQ_API;
             k++;
-            memset(&reqs[k], 0, sizeof reqs[k]);
-            reqs[k++].kind = FSRV_RQ_ANY;
-            break;
+            size_t end = used + (size_t)hl;
+            int complete = 0;
+            if (r.chunked) {
+                http_chunked d;
+                http_chunked_init(&d);
+                while (end < n && !http_chunked_done(&d)) {
+                    int is_data;
+                    int64_t st = http_chunked_step(&d, in + end, n - end, &is_data);
+                    if (st <= 0)
+                        break;
+                    end += (size_t)st;
+                }
+                complete = http_chunked_done(&d);
+            } else if ((size_t)hl + r.content_length <= n - used) {
+                end += (size_t)r.content_length;
+                complete = 1;
+            }
+            if (!complete) {
+                /* Cut short or malformed framing: what follows is not
+                 * mirrored, any well-formed responses. */
+                memset(&reqs[k], 0, sizeof reqs[k]);
+                reqs[k++].kind = FSRV_RQ_ANY;
+                break;
+            }
+            used = end;
+            if (!r.keep_alive)
+                break;
+            continue;
         }
         if (r.chunked) {
             q->kind = FSRV_RQ_BAD;
@@ -188,6 +215,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (pieces[i].n)
             fsrv_write(s, &cl, pieces[i].p, pieces[i].n);
     fsrv_settle(s, &cl);
+    if (getenv("FUZZ_VERBOSE")) { /* what the server wrote, for a reproducer */
+        fwrite(cl.out.p, 1, cl.out.n, stderr);
+        fprintf(stderr, "\n-- %zu bytes, %zu requests mirrored\n", cl.out.n, nreqs);
+    }
     check_output(cl.out.p, cl.out.n, reqs, nreqs);
 
     fsrv_hangup(&cl);
