@@ -139,6 +139,7 @@ typedef struct cl_shard {
     uint64_t noop_end;  /* leader: end of this term's no-op */
     uint64_t noop_term; /* the term noop_end belongs to */
     uint64_t notified_commit; /* leader: commit offset last sent out */
+    uint64_t log_version;     /* Raft's, when the acks were last scanned */
     int ready;          /* leader whose no-op is committed and applied */
     pend *acks, *acks_tail; /* leader writes by offset */
     op *ops;
@@ -803,7 +804,12 @@ static void apply(cluster *cl, uint32_t shard)
         }
         h->applied = x.next;
     }
-    /* Writes of this node: committed, or lost to a new term. */
+    /* Writes of this node: committed, or lost to a new term. They are in
+     * offset order with deadlines in the same order, so the scan stops at
+     * the first still waiting, unless Raft's log changed (a cut may have
+     * taken any of them). */
+    int full = ri.log_version != h->log_version;
+    h->log_version = ri.log_version;
     pend **pp = &h->acks, *last = NULL;
     int64_t now = srv_now_ms();
     while (*pp) {
@@ -819,10 +825,14 @@ static void apply(cluster *cl, uint32_t shard)
         if (verdict != 1) {
             *pp = p->next;
             finish(cl, p, verdict);
-        } else {
-            last = p;
-            pp = &p->next;
+            continue;
         }
+        if (!full) {
+            last = h->acks_tail; /* p and all after it stay */
+            break;
+        }
+        last = p;
+        pp = &p->next;
     }
     h->acks_tail = last;
 }
