@@ -208,6 +208,16 @@ typedef struct raft_shard {
     int recovering;
     uint64_t recover_target; /* min(acked_end, fresh leader ends) */
     uint64_t leader_matched_end;
+    /* How far this log is known to equal the log of the leader of term
+     * term_matched_term: the furthest end an append of that leader
+     * verified (lowered by a cut). Within one term the leader's log only
+     * grows, so all of it still matches, and a commit offset from that
+     * leader applies up to it, not only up to the end of the append that
+     * carried it (which, for a heartbeat, is the follower's known match:
+     * a follower would otherwise learn a commit only with the next append
+     * that reached past it). */
+    uint64_t term_matched_end;
+    uint64_t term_matched_term;
 } raft_shard;
 
 typedef struct held_msg {
@@ -408,6 +418,8 @@ static int log_truncate(raft_shard *s, uint64_t from)
         s->durable_end = from;
     if (s->leader_matched_end > from)
         s->leader_matched_end = from;
+    if (s->term_matched_end > from)
+        s->term_matched_end = from;
     if (from < s->handed_end) {
         if (s->pend_trunc == NO_OFFSET || from < s->pend_trunc)
             s->pend_trunc = from;
@@ -1058,7 +1070,13 @@ static int handle_append(raft_node *node, raft_shard *s, uint32_t shard,
         if (rc)
             return shard_fail(s, rc);
     }
-    uint64_t c = m->commit < e ? m->commit : e;
+    if (s->term_matched_term != m->term) {
+        s->term_matched_term = m->term;
+        s->term_matched_end = 0;
+    }
+    if (e > s->term_matched_end)
+        s->term_matched_end = e;
+    uint64_t c = m->commit < s->term_matched_end ? m->commit : s->term_matched_end;
     if (c > s->commit)
         s->commit = c;
     if (e > s->leader_matched_end)
