@@ -14,7 +14,8 @@
  * Verification runs at a fixed time, FUZZ_NOW.
  *
  * Properties:
- *   - the result is one of the AUTH_E* codes;
+ *   - the result is one of the AUTH_E* codes, and never AUTH_EBADSIG for a
+ *     token the target signed itself (modes 1-3);
  *   - a token accepted has the exact shape we require, checked by an
  *     independent parser here: three strict unpadded base64url segments;
  *     a header object without duplicate keys whose alg is "HS256" and typ,
@@ -102,7 +103,10 @@ static json_t *seg_json(const char *s, size_t n)
     uint8_t *buf = malloc(n + 1);
     FUZZ_CHECK(buf != NULL, "oom");
     long m = b64url_decode(s, n, buf);
-    json_t *j = m < 0 ? NULL : json_loadb((const char *)buf, (size_t)m, JSON_REJECT_DUPLICATES, NULL);
+    /* RFC 8259: no raw NUL anywhere (Jansson would skip one between tokens). */
+    json_t *j = m < 0 || memchr(buf, 0, (size_t)m)
+                    ? NULL
+                    : json_loadb((const char *)buf, (size_t)m, JSON_REJECT_DUPLICATES, NULL);
     free(buf);
     if (j && !json_is_object(j)) {
         json_decref(j);
@@ -173,10 +177,14 @@ static int verify(const char *key, const char *tok, size_t len, long long now, u
     return rc;
 }
 
-static void check_token(const char *tok, size_t len)
+/* signed: the target signed tok itself, so "bad signature" is never the
+ * right answer. */
+static void check_token(const char *tok, size_t len, int signed_here)
 {
     uint64_t uid = 0, mine = 0;
     int rc = verify(secret, tok, len, FUZZ_NOW, &uid);
+    FUZZ_CHECK(!signed_here || rc != AUTH_EBADSIG, "a correctly signed token refused as "
+               "badly signed: %.*s", (int)(len < 600 ? len : 600), tok);
     int valid = valid_here(tok, len, FUZZ_NOW, &mine);
     FUZZ_CHECK(rc != AUTH_OK || valid, "accepted a token the independent check refuses: %.*s",
                (int)(len < 600 ? len : 600), tok);
@@ -270,7 +278,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
     }
     if (len)
-        check_token(tok, len);
+        check_token(tok, len, mode != 0);
     free(tok);
     return 0;
 }

@@ -10,7 +10,8 @@
  *      must be zero (one spelling per byte string).
  *   2. Header: a JSON object without duplicate keys whose "alg" is exactly
  *      the string "HS256" and whose "typ", if present, is "JWT".
- *      Payload: a JSON object without duplicate keys.
+ *      Payload: a JSON object without duplicate keys. Neither may contain
+ *      a raw NUL byte (libjwt reads them as C strings).
  *   3. jwt_decode() with the secret, which checks the HMAC; then
  *      jwt_get_alg() must say HS256.
  *   4. "exp": a JSON integer greater than now (exp == now is expired);
@@ -177,7 +178,11 @@ static json_t *segment_json(const char *s, size_t n)
 {
     uint8_t buf[AUTH_MAX_TOKEN];
     long m = b64url_decode(s, n, buf);
-    if (m < 0)
+    /* A NUL byte is never valid JSON outside a string (RFC 8259), but
+     * Jansson skips one between tokens, while libjwt parses the decoded
+     * segment as a C string, up to its first NUL: refuse it here, so that
+     * both parsers always see the same text (found by fuzz/jwt). */
+    if (m < 0 || memchr(buf, 0, (size_t)m))
         return NULL;
     json_t *js = json_loadb((const char *)buf, (size_t)m,
                             JSON_REJECT_DUPLICATES, NULL);

@@ -432,6 +432,26 @@ TEST(auth_payload_rules)
     ASSERT_U64_EQ(uid, 5);
 }
 
+/* Found by fuzz/jwt: Jansson skips a raw NUL between tokens while libjwt
+ * parses up to it, so a correctly signed token with one in its claims was
+ * refused as badly signed. A raw NUL is not JSON: malformed. */
+TEST(auth_raw_nul_in_json_is_malformed)
+{
+    uint64_t uid = 0;
+    char h[128], p[128];
+    static const char claims[] = "{\"sub\":\"9\",\"exp\":1800000000\0}";
+    static const char header[] = "{\"alg\":\"HS256\"\0}";
+    b64url(HS256_HEADER, strlen(HS256_HEADER), h);
+    b64url(claims, sizeof claims - 1, p);
+    ASSERT_EQ(verify(sign_segments(h, p, EVP_sha256(), SECRET, SECRET_LEN), &uid),
+              AUTH_EMALFORMED);
+    static const char plain[] = "{\"sub\":\"9\",\"exp\":1800000000}";
+    b64url(header, sizeof header - 1, h);
+    b64url(plain, sizeof plain - 1, p);
+    ASSERT_EQ(verify(sign_segments(h, p, EVP_sha256(), SECRET, SECRET_LEN), &uid),
+              AUTH_EMALFORMED);
+}
+
 TEST(auth_base64url_strict)
 {
     uint64_t uid = 0;
