@@ -26,6 +26,7 @@
  *     status (400/413/431/501/505) and nothing follows; /healthz gets
  *     {"ok":true}; /api/ gets JSON with the error shape of
  *     fsrv_check_api_response; after "Connection: close" nothing follows;
+ *   - a connection still open for HTTP has answered every whole request;
  *   - after a 101 the rest is WebSocket frames that our own decoder
  *     accepts, each binary message a ServerFrame, every Error with a known
  *     code, nothing after a close frame (fsrv_check_ws_stream).
@@ -42,6 +43,10 @@
 #include "srv_harness.h"
 
 #define MAX_REQS 512 /* and one for FSRV_RQ_ANY */
+
+/* How many of the mirrored requests are whole (each must be answered while
+ * the connection stays open): all but an upload cut short. */
+static size_t mirror_whole;
 
 /* The requests in the stream as conn.c will see them. */
 static size_t mirror(srv *s, const uint8_t *in, size_t n, fsrv_req *reqs)
@@ -101,9 +106,11 @@ static size_t mirror(srv *s, const uint8_t *in, size_t n, fsrv_req *reqs)
             if (!complete) {
                 /* Cut short or malformed framing: what follows is not
                  * mirrored, any well-formed responses. */
+                mirror_whole = k - 1;
                 memset(&reqs[k], 0, sizeof reqs[k]);
                 reqs[k++].kind = FSRV_RQ_ANY;
-                break;
+                free(h);
+                return k;
             }
             used = end;
             if (!r.keep_alive)
@@ -134,10 +141,12 @@ static size_t mirror(srv *s, const uint8_t *in, size_t n, fsrv_req *reqs)
             break; /* the server closes after it */
     }
     free(h);
+    mirror_whole = k;
     return k;
 }
 
-static void check_output(const uint8_t *p, size_t n, const fsrv_req *reqs, size_t nreqs)
+/* Returns how many requests were answered (those before FSRV_RQ_ANY). */
+static size_t check_output(const uint8_t *p, size_t n, const fsrv_req *reqs, size_t nreqs)
 {
     size_t off = 0, i = 0;
     while (off < n) {
@@ -165,7 +174,7 @@ static void check_output(const uint8_t *p, size_t n, const fsrv_req *reqs, size_
         case FSRV_RQ_WS:
             if (r.status == 101) {
                 fsrv_check_ws_stream(p + off, n - off, NULL, NULL);
-                return;
+                return i + 1;
             }
             FUZZ_CHECK(r.status >= 400, "/ws answered %d", r.status);
             FUZZ_CHECK(off == n, "output after a refused upgrade");
@@ -173,7 +182,7 @@ static void check_output(const uint8_t *p, size_t n, const fsrv_req *reqs, size_
         case FSRV_RQ_ANY:
             if (r.status == 101) {
                 fsrv_check_ws_stream(p + off, n - off, NULL, NULL);
-                return;
+                return i;
             }
             if (!q->head && !strncmp(r.ctype, "application/json", 16))
                 fsrv_check_api_response(&r, 0);
@@ -190,6 +199,7 @@ static void check_output(const uint8_t *p, size_t n, const fsrv_req *reqs, size_
             FUZZ_CHECK(off == n, "%zu bytes after a Connection: close response", n - off);
         i++;
     }
+    return i;
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -219,7 +229,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         fwrite(cl.out.p, 1, cl.out.n, stderr);
         fprintf(stderr, "\n-- %zu bytes, %zu requests mirrored\n", cl.out.n, nreqs);
     }
-    check_output(cl.out.p, cl.out.n, reqs, nreqs);
+    size_t answered = check_output(cl.out.p, cl.out.n, reqs, nreqs);
+    /* A connection still open for HTTP owes an answer to every request it
+     * has whole (the server closes after a refusal or Connection: close). */
+    conn *c = fsrv_conn(s, &cl);
+    if (c && c->state == CS_HTTP && !c->close_after_flush && !c->lingering)
+        FUZZ_CHECK(answered >= mirror_whole,
+                   "%zu of %zu whole requests answered on an open connection", answered,
+                   mirror_whole);
 
     fsrv_hangup(&cl);
     for (int k = 0; k < 8 && fsrv_conn(s, &cl); k++)

@@ -174,6 +174,11 @@ def conn_input():
     write(t, "rest-upgrade-after-post",
           req("POST", f"{API}/{GROUP}/messages", '{"body":"y"}') + UPGRADE + ws(hello(T1)),
           prefix="regress-")
+    # Finding: a request kept while REST answers were owed was never resumed.
+    write(t, "upload-after-post-resumed",
+          req("POST", f"{API}/{GROUP}/messages", '{"body":"z"}') +
+          req("POST", "/api/v1/media", b"abc", ctype=False, extra=b"Content-Type: text/plain\r\n") +
+          b"GET /healthz HTTP/1.1\r\n\r\n", prefix="regress-")
     write(t, "rest-no-token", req("GET", API, tok=None))
     write(t, "rest-bad-json", req("POST", API, '{"kind":'))
     write(t, "rest-members", req("POST", f"{API}/{GROUP}/members", '{"add":[4],"remove":[3]}'))

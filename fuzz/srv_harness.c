@@ -402,9 +402,10 @@ void fsrv_pump(srv *s)
         pthread_mutex_lock(&s->inbox_mu);
         int empty = s->inbox_head == NULL;
         pthread_mutex_unlock(&s->inbox_mu);
-        if (s->inflight == 0 && empty)
+        int active = event_base_get_num_events(s->base, EVENT_BASE_COUNT_ACTIVE) > 0;
+        if (s->inflight == 0 && empty && !active)
             break;
-        event_base_loop(s->base, EVLOOP_ONCE);
+        event_base_loop(s->base, active ? EVLOOP_ONCE | EVLOOP_NONBLOCK : EVLOOP_ONCE);
         FUZZ_CHECK(srv_now_ms() - t0 < SETTLE_LIMIT_MS,
                    "the engine did not answer %llu appends in %d ms",
                    (unsigned long long)s->inflight, SETTLE_LIMIT_MS);
@@ -465,13 +466,20 @@ void fsrv_settle(srv *s, fsrv_client *cl)
         int empty = s->inbox_head == NULL;
         pthread_mutex_unlock(&s->inbox_mu);
         int busy = s->inflight > 0 || !empty;
-        if (!busy && unread == 0 && (!c || !c->out_head)) {
+        /* An event made active by a callback (conn_http_resume) still has
+         * to run. */
+        int active = event_base_get_num_events(s->base, EVENT_BASE_COUNT_ACTIVE) > 0;
+        if (!busy && !active && unread == 0 && (!c || !c->out_head)) {
             drain_client(cl);
+            /* Nothing can wake a connection paused with no answer owed. */
+            FUZZ_CHECK(!c || !c->paused, "connection paused for good (%u bytes kept)",
+                       c ? c->inlen : 0);
             break;
         }
         /* Block only when nothing but the engine can make progress. */
-        int flags = busy && unread == 0 && (!c || !c->out_head) ? EVLOOP_ONCE
-                                                                 : EVLOOP_ONCE | EVLOOP_NONBLOCK;
+        int flags = busy && !active && unread == 0 && (!c || !c->out_head)
+                        ? EVLOOP_ONCE
+                        : EVLOOP_ONCE | EVLOOP_NONBLOCK;
         event_base_loop(s->base, flags);
         FUZZ_CHECK(srv_now_ms() - t0 < SETTLE_LIMIT_MS,
                    "the server did not settle in %d ms (unread %d, in flight %llu)",
