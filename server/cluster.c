@@ -2031,6 +2031,8 @@ int cluster_start(srv *s)
                 cl_strerror(rc));
     cl->tick_ev = event_new(s->base, -1, EV_PERSIST, on_tick, cl);
     struct timeval tv = {0, CL_TICK_MS * 1000};
+    if (cl->tick_ev)
+        event_priority_set(cl->tick_ev, CNET_EVENT_PRIORITY);
     if (!cl->tick_ev || event_add(cl->tick_ev, &tv))
         return -1;
     srv_log(s, LOG_INFO, "cluster: node %u of %u, links on %s, %u shards", cfg->node_id,

@@ -297,6 +297,7 @@ static void update_events(cnet_link *l)
     event_assign(l->ev, l->n->base, l->fd,
                  (short)((rd ? EV_READ : 0) | (wr ? EV_WRITE : 0) | EV_PERSIST),
                  link_event, l);
+    event_priority_set(l->ev, CNET_EVENT_PRIORITY);
     event_add(l->ev, NULL);
     l->armed_read = rd;
     l->armed_write = wr;
@@ -445,6 +446,8 @@ static cnet_link *link_new(cnet *n, int fd, int dialer, const char *addr)
     l->in = evbuffer_new();
     l->out = evbuffer_new();
     l->ev = event_new(n->base, fd, EV_READ | EV_PERSIST, link_event, l);
+    if (l->ev)
+        event_priority_set(l->ev, CNET_EVENT_PRIORITY);
     l->timer = evtimer_new(n->base, on_handshake_timeout, l);
     if (!l->in || !l->out || !l->ev || !l->timer ||
         RAND_bytes(l->my_nonce, CNET_NONCE) != 1) {
@@ -1012,6 +1015,7 @@ int cnet_new(struct event_base *base, const cnet_config *cfg, cnet **out)
     rc = -ENOMEM;
     if (!n->secret || !n->flush_ev)
         goto fail;
+    event_priority_set(n->flush_ev, CNET_EVENT_PRIORITY);
     memcpy(n->secret, cfg->secret, cfg->secret_len);
     n->secret_len = cfg->secret_len;
     for (uint32_t i = 0; i < n->n_peers; i++) {

@@ -52,6 +52,12 @@ typedef struct cnet cnet;
 /* Other members of one cluster: a cluster has at most CNET_MAX_PEERS + 1
  * nodes. */
 #define CNET_MAX_PEERS 7
+/* The libevent priority of the links' events (0: the highest). When the
+ * caller's event_base has several priorities (event_base_priority_init),
+ * node traffic (Raft heartbeats and answers) is served before events of a
+ * lower priority, so a node busy with clients does not miss heartbeats and
+ * start needless elections. With one priority it changes nothing. */
+#define CNET_EVENT_PRIORITY 0
 /* The shared secret: at least CNET_MIN_SECRET bytes, at most CNET_MAX_SECRET. */
 #define CNET_MIN_SECRET 16
 #define CNET_MAX_SECRET 4096

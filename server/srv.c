@@ -330,6 +330,12 @@ int srv_run(srv *s)
     if (tls_setup(s))
         goto out;
     s->base = event_base_new();
+    /* Two priorities: engine completions, node links and Raft's clock
+     * (cnet.c, cluster.c) at 0, before client sockets and timers at the
+     * default 1: a node busy with clients still answers its peers in time
+     * (no needless elections) and takes new work only as it finishes old. */
+    if (s->base && event_base_priority_init(s->base, 2))
+        goto out;
     s->st = st_new(s);
     if (!s->base || !s->st)
         goto out;
@@ -370,6 +376,8 @@ int srv_run(srv *s)
     if (listen_on(s))
         goto out;
     s->wake_ev = event_new(s->base, -1, EV_PERSIST, on_wake, s);
+    if (s->wake_ev) /* engine completions: Raft's progress and the acks */
+        event_priority_set(s->wake_ev, 0);
     s->tick_ev = event_new(s->base, -1, EV_PERSIST, on_tick, s);
     s->sig_int = evsignal_new(s->base, SIGINT, on_signal, s);
     s->sig_term = evsignal_new(s->base, SIGTERM, on_signal, s);
