@@ -1113,7 +1113,7 @@ size_t log_noop_batch(uint8_t out[LOG_NOOP_BATCH_BYTES], uint32_t shard_id,
     return batch_encode(out, &h, &r, 1);
 }
 
-/* Check received bytes (see log.h); *nbatches gets their batch count. */
+/* Check received bytes (see log.h); *end gets the offset after them. */
 static int check_received(log_t *log, uint32_t shard_id, uint64_t at_offset,
                           const uint8_t *bytes, size_t len, uint64_t *end)
 {
@@ -1147,6 +1147,15 @@ static int check_received(log_t *log, uint32_t shard_id, uint64_t at_offset,
     }
     *end = off;
     return 0;
+}
+
+int log_check_batches(log_t *log, uint32_t shard_id, uint64_t at_offset,
+                      const uint8_t *bytes, size_t len)
+{
+    uint64_t end;
+    if (shard_id >= log->nshards || len > LOG_MAX_RECEIVE_BYTES || (len && !bytes))
+        return CL_EINVAL;
+    return check_received(log, shard_id, at_offset, bytes, len, &end);
 }
 
 int log_write_batches(log_t *log, uint32_t shard_id, uint64_t at_offset,

@@ -198,6 +198,13 @@ int log_write_batches(log_t *log, uint32_t shard, uint64_t at_offset,
                       const uint8_t *bytes, size_t len, log_write_cb cb,
                       void *arg);
 
+/* The checks log_write_batches makes when it is called, alone: 0 when
+ * bytes[0..len) would be accepted (at_offset as given), else the error it
+ * would return. For a receiver that must refuse bad bytes before they are
+ * acknowledged anywhere (cluster.c checks an append before Raft sees it). */
+int log_check_batches(log_t *log, uint32_t shard, uint64_t at_offset,
+                      const uint8_t *bytes, size_t len);
+
 /* Every batch of the shard from its first offset, in offset order:
  * cb(arg, first_offset, count, term) for each, called without any engine
  * lock held (it may call other functions of this API). Only durable batches.

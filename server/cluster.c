@@ -25,9 +25,11 @@
  *
  * A batch written here that Raft never accepted (the node lost leadership
  * between the engine's check and its write) is an orphan past Raft's log
- * end: nobody else has a batch of that term at that offset, it is never
- * shipped, and the next write Raft asks for at that offset cuts it
- * (log_write_batches truncates first). Its client gets CL_ESTALE.
+ * end: nobody else has a batch of that term at that offset, it is not
+ * shipped while this process runs, and the next write Raft asks for at that
+ * offset cuts it (log_write_batches truncates first). Its client gets
+ * CL_ESTALE. After a restart it is an ordinary uncommitted batch of its
+ * term, which Raft keeps or cuts as any other.
  *
  * Persistent Raft state that the log does not hold — per shard the term,
  * the vote, the lost-suffix fact (acked_end) and a commit hint — lives in
@@ -73,6 +75,8 @@
 #define CL_FRAME_SOFT (8u << 20) /* flush a peer's frame beyond this */
 #define CL_MAX_BATCHES 4096    /* batches in one received RaftMsg */
 #define CL_HINT_MS 1000        /* commit hints saved at most this often */
+#define CL_SEGMENT_MAX (48u << 20) /* larger segments are not shipped whole
+                                      (a frame is at most 64 MiB) */
 #define CL_BOOT_LINK_MS 3000   /* at start, wait this long for a first link */
 #define CL_BOOT_REPLY_MS 10000 /* and this long for an answer about a segment */
 
@@ -114,7 +118,10 @@ typedef struct wreq {
     uint64_t id;
     uint32_t shard;
     uint32_t sent_to; /* RAFT_NONE: waiting */
-    int64_t deadline;
+    int64_t deadline;  /* waiting for a leader: fixed when it arrived */
+    int64_t sent_deadline; /* forwarded: the leader's answer is due */
+    int status;        /* finished: its answer, given after the walk */
+    int64_t retry_at;  /* after "not the leader": forward again from then */
     /* committed on the leader; answered once applied here too, so that
      * the client reads its own write on this node */
     int committed;
@@ -144,7 +151,6 @@ typedef struct cl_shard {
     pend *acks, *acks_tail; /* leader writes by offset */
     op *ops;
     size_t nops, capops;
-    int failed;
     uint64_t elections; /* times this node became leader */
 } cl_shard;
 
@@ -166,7 +172,7 @@ typedef struct peer_out {
     Chatlog__Cluster__V1__SegmentReply **srep;
     size_t nsrep, capsrep;
     size_t bytes;
-    /* remote sessions: user id → devices << 32 | away */
+    /* remote sessions: user id → devices << 16 | away */
     u64map remote;
 } peer_out;
 
@@ -190,7 +196,7 @@ typedef struct cluster {
     raft_persist items[64];
     peer_out peers[RAFT_MAX_NODES];
     uint32_t npeers;
-    struct event *tick_ev;
+    struct event *tick_ev, *kick_ev;
     wreq *waiting;
     uint64_t next_id;
     /* what the message being stepped carried */
@@ -198,11 +204,13 @@ typedef struct cluster {
     size_t nrx;
     uint32_t rx_shard;
     /* set while persist items of a proposal are drained */
-    int proposing;
+    int proposing; /* a proposal of shard proposing_shard is being drained */
+    uint32_t proposing_shard;
     uint8_t *secret;
     size_t secret_len;
     SSL_CTX *tls_srv, *tls_cli;
     int closing;    /* cluster_stop ran: answer everything with CL_ECLOSED */
+    int started;    /* cluster_start succeeded: raft-state may be saved */
     /* start-up catch-up by whole segments (boot_segments) */
     int booting;
     uint32_t boot_shard;
@@ -650,13 +658,13 @@ static void do_item(cluster *cl, const raft_persist *it)
     o->seq = it->seq;
     o->done = 0;
     if (it->n_repair)
-        /* Repairs come from FETCH answers, which are only asked for
-         * faulty ranges; this node does not mark any yet. */
-        srv_log(cl->s, LOG_ERROR, "cluster: shard %u: repair items are not supported",
-                it->shard);
+        /* Repairs answer FETCH, which is sent only for ranges marked
+         * faulty; this node never marks any (it cuts and re-fetches). */
+        fatal(cl, "a repair item, which this node never asks for", CL_EINVAL);
     int need = it->truncate;
     for (size_t i = 0; i < it->n_batches && !need; i++)
-        if (!cl->proposing || (it->batches[i].flags & RAFT_BATCH_NOOP))
+        if (!cl->proposing || it->shard != cl->proposing_shard ||
+            (it->batches[i].flags & RAFT_BATCH_NOOP))
             need = 1;
     if (!need) { /* a leader's proposals: already durable */
         o->done = 1;
@@ -727,20 +735,18 @@ static void drain(cluster *cl)
             do_item(cl, &cl->items[i]);
         for (size_t i = 0; i < n; i++)
             ops_report(cl, cl->items[i].shard);
-        if (n < 64)
-            return;
     }
 }
 
+/* A shard Raft failed (a safety check, or out of memory) would stay led by
+ * this node, unable to take writes, while the others never elect another
+ * leader: the node stops instead, and restarts from its disk. */
 static void check(cluster *cl, uint32_t shard, int rc, const char *what)
 {
     if (!rc || rc == RAFT_EPROTO)
         return;
-    if (!cl->sh[shard].failed) {
-        cl->sh[shard].failed = rc;
-        srv_log(cl->s, LOG_ERROR, "cluster: shard %u: %s: %s; the shard stops", shard,
-                what, raft_strerror(rc));
-    }
+    srv_log(cl->s, LOG_ERROR, "cluster: shard %u: %s failed", shard, what);
+    fatal(cl, "replication failed", rc);
 }
 
 /* ---- the committed stream ---- */
@@ -797,9 +803,11 @@ static void apply(cluster *cl, uint32_t shard)
         ap_ctx x = {cl, limit, h->applied};
         int rc = log_read_from(cl->s->log, shard, h->applied, 1u << 20, apply_cb, &x);
         if (x.next == h->applied) {
+            /* Damage found while running: a restart cuts it off and
+             * fetches it again (cut_damage); going on would leave the
+             * shard unapplied here, and not ready if this node leads. */
             if (rc < 0)
-                srv_log(cl->s, LOG_ERROR, "cluster: shard %u: cannot read committed offset %llu: %s",
-                        shard, (unsigned long long)h->applied, cl_strerror(rc));
+                fatal(cl, "cannot read a committed record", rc);
             break;
         }
         h->applied = x.next;
@@ -820,7 +828,11 @@ static void apply(cluster *cl, uint32_t shard)
             verdict = CL_ESTALE;
         else if (p->res.offset < h->applied)
             verdict = 0;
-        else if (now > p->deadline)
+        else if (now > p->deadline && !(h->role == RAFT_LEADER && h->term == p->term))
+            /* Still leading its term, the write will commit or be cut:
+             * wait. A leader that lost its majority answers "unknown"
+             * (its key stays known to the next leader only if the write
+             * commits there: retries are deduplicated then). */
             verdict = CL_ETIMEDOUT;
         if (verdict != 1) {
             *pp = p->next;
@@ -851,13 +863,17 @@ static void leader_durable(srv *s, void *arg, int status, const log_append_resul
     cl_shard *h = &cl->sh[p->shard];
     raft_shard_info ri;
     raft_shard_info_get(cl->rn, p->shard, &ri);
-    if (ri.role != RAFT_LEADER || ri.term != p->term) {
-        finish(cl, p, CL_ESTALE); /* an orphan: never proposed */
+    if (res->batch_first_offset < ri.end_offset &&
+        raft_term_at(cl->rn, p->shard, res->batch_first_offset) == p->term) {
+        /* Its batch was proposed already (by another record of it): the
+         * commit or a cut decides, whatever this node's role now. */
+    } else if (ri.role != RAFT_LEADER || ri.term != p->term) {
+        finish(cl, p, CL_ESTALE); /* an orphan: never proposed, never sent */
         return;
-    }
-    if (res->batch_first_offset == ri.end_offset) {
+    } else if (res->batch_first_offset == ri.end_offset) {
         raft_batch b;
         cl->proposing = 1;
+        cl->proposing_shard = p->shard;
         int rc = raft_propose(cl->rn, p->shard, res->batch_count, &b, &cl->ob);
         drain(cl);
         cl->proposing = 0;
@@ -869,8 +885,8 @@ static void leader_durable(srv *s, void *arg, int status, const log_append_resul
             finish(cl, p, CL_ESTALE);
             return;
         }
-    } else if (res->batch_first_offset > ri.end_offset) {
-        srv_log(s, LOG_ERROR, "cluster: shard %u: batch at %llu past Raft's end %llu",
+    } else {
+        srv_log(s, LOG_ERROR, "cluster: shard %u: batch at %llu does not continue Raft's log (end %llu)",
                 p->shard, (unsigned long long)res->batch_first_offset,
                 (unsigned long long)ri.end_offset);
         finish(cl, p, CL_ESTALE);
@@ -961,6 +977,8 @@ static int send_forward(cluster *cl, wreq *w, uint32_t to)
         memcpy(f->body.data, w->rec.body, w->rec.body_len);
     p->fwd[p->nfwd++] = f;
     p->bytes += w->rec.key_len + w->rec.body_len + 64;
+    if (p->bytes > CL_FRAME_SOFT)
+        peer_flush(cl, p);
     w->sent_to = to;
     cl->forwarded_out++;
     return 0;
@@ -974,35 +992,42 @@ static void wreq_done(cluster *cl, wreq *w, int status, const log_append_result 
 }
 
 /* Try every waiting write: to the local engine, to the leader, or time
- * out. */
+ * out. Writes that finish are unlinked first and answered after the walk:
+ * an answer may queue a new write (cluster_append), which must not see the
+ * list half walked. */
 static void dispatch(cluster *cl)
 {
     int64_t now = srv_now_ms();
-    wreq **pp = &cl->waiting;
+    wreq **pp = &cl->waiting, *done = NULL, **done_tail = &done;
+#define CL_FINISH(w_, st_)                                                    \
+    do {                                                                      \
+        *pp = (w_)->next;                                                     \
+        (w_)->status = (st_);                                                 \
+        (w_)->next = NULL;                                                    \
+        *done_tail = (w_);                                                    \
+        done_tail = &(w_)->next;                                              \
+    } while (0)
     while (*pp) {
         wreq *w = *pp;
         cl_shard *h = &cl->sh[w->shard];
         if (w->committed) {
-            if (h->applied > w->res.offset || now > w->deadline + CL_ACK_MS) {
-                *pp = w->next;
-                wreq_done(cl, w, 0, &w->res);
+            if (h->applied > w->res.offset || now > w->sent_deadline + CL_ACK_MS) {
+                CL_FINISH(w, 0);
                 continue;
             }
-            pp = &w->next;
-            continue;
-        }
-        if (w->sent_to) {
+        } else if (w->sent_to) {
             /* The link dropped, or the shard has another leader now (the
-             * one we sent to was stopped or cut off): it may have been
-             * appended, the outcome is unknown. */
+             * one we sent to was stopped or cut off), or no answer came:
+             * it may have been appended, the outcome is unknown. */
             if (!cnet_peer_is_up(cl->net, w->sent_to) ||
-                (h->leader && h->leader != w->sent_to) || now > w->deadline) {
-                *pp = w->next;
-                wreq_done(cl, w, CL_ETIMEDOUT, NULL);
+                (h->leader && h->leader != w->sent_to) || now > w->sent_deadline) {
+                CL_FINISH(w, CL_ETIMEDOUT);
                 continue;
             }
+        } else if (cl->s->stopping) {
+            CL_FINISH(w, CL_ECLOSED);
+            continue;
         } else if (h->role == RAFT_LEADER && h->ready) {
-            *pp = w->next;
             /* While it waited, a new leader may have committed the same
              * message from an earlier attempt (its key is then settled):
              * answer with that one rather than append it twice. */
@@ -1011,33 +1036,44 @@ static void dispatch(cluster *cl)
                                          (const char *)w->rec.key, w->rec.key_len)
                           : NULL;
             if (k && !k->pending) {
-                log_append_result r = {.shard = w->shard, .msg_id = k->msg_id,
-                                       .ts_ms = k->ts_ms,
-                                       .offset = h->applied ? h->applied - 1 : 0};
-                wreq_done(cl, w, 0, &r);
+                w->res = (log_append_result){.shard = w->shard, .msg_id = k->msg_id,
+                                             .ts_ms = k->ts_ms,
+                                             .offset = h->applied ? h->applied - 1 : 0};
+                CL_FINISH(w, 0);
                 continue;
             }
             int rc = leader_append(cl, w->shard, &w->rec, w->done, w->ctx);
-            if (rc)
-                w->done(cl->s, w->ctx, rc, NULL);
+            if (rc) {
+                CL_FINISH(w, rc);
+                continue;
+            }
+            *pp = w->next;
             cl->s->inflight--; /* leader_append counted it again */
             free(w);
             continue;
-        } else if (h->leader && h->leader != cl->rc.self &&
-                   cnet_peer_is_up(cl->net, h->leader)) {
-            if (send_forward(cl, w, h->leader) == 0) {
-                w->deadline = now + CL_ACK_MS;
-                pp = &w->next;
-                continue;
-            }
-        }
-        if (!w->sent_to && now > w->deadline) {
-            *pp = w->next;
-            wreq_done(cl, w, RAFT_ENOTLEADER, NULL);
+        } else if (now >= w->retry_at && h->leader && h->leader != cl->rc.self &&
+                   cnet_peer_is_up(cl->net, h->leader) && send_forward(cl, w, h->leader) == 0) {
+            w->sent_deadline = now + CL_ACK_MS;
+        } else if (now > w->deadline) {
+            CL_FINISH(w, RAFT_ENOTLEADER);
             continue;
         }
         pp = &w->next;
     }
+#undef CL_FINISH
+    while (done) {
+        wreq *w = done;
+        done = w->next;
+        wreq_done(cl, w, w->status, w->status ? NULL : &w->res);
+    }
+}
+
+/* Kick dispatch soon, from the loop (never from inside a caller's
+ * callback). */
+static void kick(cluster *cl)
+{
+    if (cl->kick_ev)
+        event_active(cl->kick_ev, EV_TIMEOUT, 0);
 }
 
 int cluster_append(srv *s, const rec_view *rec,
@@ -1047,9 +1083,10 @@ int cluster_append(srv *s, const rec_view *rec,
     cluster *cl = CL(s);
     uint32_t shard = log_shard_of(s->log, rec->conv_id);
     cl_shard *h = &cl->sh[shard];
-    if (h->failed)
-        return CL_EFAILED;
-    if (h->role == RAFT_LEADER && h->ready && !cl->waiting)
+    int behind = 0; /* an earlier write of this shard still waits */
+    for (wreq *o = cl->waiting; o && !behind; o = o->next)
+        behind = o->shard == shard && !o->sent_to && !o->committed;
+    if (h->role == RAFT_LEADER && h->ready && !behind)
         return leader_append(cl, shard, rec, done, ctx);
     wreq *w = wreq_new(cl, rec, shard);
     if (!w)
@@ -1062,7 +1099,7 @@ int cluster_append(srv *s, const rec_view *rec,
         pp = &(*pp)->next;
     *pp = w;
     s->inflight++;
-    dispatch(cl);
+    kick(cl);
     return 0;
 }
 
@@ -1095,6 +1132,9 @@ static void send_result(cluster *cl, uint32_t to, uint64_t id, int status,
         r->term = res->term;
     }
     p->res[p->nres++] = r;
+    p->bytes += 64;
+    if (p->bytes > CL_FRAME_SOFT)
+        peer_flush(cl, p);
 }
 
 static void fwd_done(srv *s, void *arg, int status, const log_append_result *res)
@@ -1124,6 +1164,15 @@ static void on_forward(cluster *cl, uint32_t from, const Chatlog__Cluster__V1__F
     if (h->role != RAFT_LEADER || !h->ready) {
         send_result(cl, from, f->id, RAFT_ENOTLEADER, NULL);
         return;
+    }
+    /* The origin checked against its state, which may lag ours (a member
+     * removed meanwhile): messages and pointers need a member here too. */
+    if (f->type == REC_MESSAGE || f->type == REC_READ_POINTER) {
+        convo *cv = st_conv(s->st, f->conv_id);
+        if (!cv || !cv->committed || !st_member(cv, f->sender_id)) {
+            send_result(cl, from, f->id, CL_EINVAL, NULL);
+            return;
+        }
     }
     /* The same message retried through another node: answer from the
      * committed key. */
@@ -1191,8 +1240,19 @@ static void on_result(cluster *cl, uint32_t from, const Chatlog__Cluster__V1__Fo
             continue;
         if (r->status == RAFT_ENOTLEADER || r->status == CL_ESTALE) {
             /* Not appended there (or cut before it committed): wait for
-             * the next leader. */
+             * the next leader, unless a later write of the same shard
+             * already went there; sending this one again would put it
+             * after that one, so its client decides (retry). */
+            int later = 0;
+            for (wreq *o = w->next; o && !later; o = o->next)
+                later = o->shard == w->shard && (o->sent_to || o->committed);
+            if (later) {
+                *pp = w->next;
+                wreq_done(cl, w, RAFT_ENOTLEADER, NULL);
+                return;
+            }
             w->sent_to = RAFT_NONE;
+            w->retry_at = srv_now_ms() + 20;
             return;
         }
         if (r->status) {
@@ -1229,7 +1289,7 @@ static void after(cluster *cl)
         h->role = ri.role;
         h->term = ri.term;
         h->leader = ri.leader;
-        if (ri.failed && !h->failed)
+        if (ri.failed)
             check(cl, sh, ri.failed, "raft");
         apply(cl, sh);
         if (ri.role == RAFT_LEADER && ri.commit_offset > h->notified_commit) {
@@ -1308,7 +1368,12 @@ static void on_raft(cluster *cl, uint32_t from, const Chatlog__Cluster__V1__Raft
     raft_batch *bs = NULL;
     rx_batch *rx = NULL;
     size_t n = 0;
-    if (m->batches.len && parse_batches(m, &bs, &rx, &n)) {
+    /* The engine's own checks too, before Raft accepts anything: bytes it
+     * would refuse later could not be stored, and the node would stop. */
+    if (m->batches.len &&
+        (parse_batches(m, &bs, &rx, &n) ||
+         log_check_batches(cl->s->log, m->shard, bs[0].first_offset, m->batches.data,
+                           m->batches.len))) {
         cl->frames_bad++;
         free(bs);
         free(rx);
@@ -1401,7 +1466,9 @@ static void on_segment_request(cluster *cl, uint32_t from,
     m->none = 1;
     raft_shard_info ri;
     if (!cl->booting && r->shard < cl->nshards &&
-        raft_shard_info_get(cl->rn, r->shard, &ri) == 0) {
+        raft_shard_info_get(cl->rn, r->shard, &ri) == 0 &&
+        (r->from == 0 ? r->prev_term == 0
+                      : raft_term_at(cl->rn, r->shard, r->from - 1) == r->prev_term)) {
         log_segment_info si;
         for (uint32_t i = 0; log_segment_info_get(cl->s->log, r->shard, i, &si) == 0; i++) {
             if (si.base_offset > r->from)
@@ -1410,6 +1477,7 @@ static void on_segment_request(cluster *cl, uint32_t from,
                 continue;
             log_segment_files sf;
             if (si.sealed && si.compressed && si.end_offset <= ri.commit_offset &&
+                si.disk_bytes < CL_SEGMENT_MAX &&
                 log_segment_files_get(cl->s->log, r->shard, i, &sf) == 0) {
                 m->none = 0;
                 m->end = sf.end;
@@ -1436,9 +1504,15 @@ static void on_segment_request(cluster *cl, uint32_t from,
 static int boot_on_frame(cluster *cl, uint32_t from, Chatlog__Cluster__V1__Frame *f)
 {
     (void)from;
-    /* Peers that are behind as well ask us; we have nothing to give yet. */
+    /* Peers that are behind as well ask us; we have nothing to give yet.
+     * Writes forwarded to us (we led a shard before restarting) are not
+     * ours to take: the sender waits for the next leader. */
     for (size_t i = 0; i < f->n_segment_request; i++)
         on_segment_request(cl, from, f->segment_request[i]);
+    for (size_t i = 0; i < f->n_forward; i++)
+        send_result(cl, from, f->forward[i]->id, RAFT_ENOTLEADER, NULL);
+    if (f->n_forward)
+        peer_flush(cl, peer(cl, from));
     for (size_t i = 0; i < f->n_segment_reply; i++) {
         Chatlog__Cluster__V1__SegmentReply *r = f->segment_reply[i];
         if (r->shard != cl->boot_shard || r->seg_base != cl->boot_from)
@@ -1510,6 +1584,30 @@ static void inst_cb(void *arg, int status, uint64_t end)
     pthread_mutex_unlock(&w->mu);
 }
 
+typedef struct term_ctx {
+    uint64_t offset, term;
+} term_ctx;
+
+static int term_cb(void *arg, const batch_header *h, const uint8_t *bytes,
+                   const log_entry *e, size_t n)
+{
+    term_ctx *x = arg;
+    (void)bytes;
+    (void)e;
+    (void)n;
+    if (h->first_offset <= x->offset && x->offset < h->first_offset + h->record_count)
+        x->term = h->term;
+    return 1;
+}
+
+/* The term of the record at offset (0 if it cannot be read). */
+static uint64_t term_of(log_t *log, uint32_t sh, uint64_t offset)
+{
+    term_ctx x = {offset, 0};
+    (void)log_read_from(log, sh, offset, 0, term_cb, &x);
+    return x.term;
+}
+
 /* Returns the number of segments installed, or -1 (logged). upto[shard] is
  * raised to the end of what was installed (committed on the peer). */
 static int boot_segments(cluster *cl, uint64_t *upto)
@@ -1522,11 +1620,13 @@ static int boot_segments(cluster *cl, uint64_t *upto)
         cl->booting = 0;
         return 0;
     }
-    /* Give the other links a moment too: more peers, more answers. */
     for (uint32_t sh = 0; sh < cl->nshards; sh++) {
         for (;;) {
             uint64_t next = 0;
             log_shard_ends(s->log, sh, &next, NULL);
+            uint64_t prev_term = next ? term_of(s->log, sh, next - 1) : 0;
+            if (next && !prev_term)
+                break; /* its last record does not read back: no shipping */
             cl->boot_shard = sh;
             cl->boot_from = next;
             cl->boot_got = NULL;
@@ -1543,6 +1643,7 @@ static int boot_segments(cluster *cl, uint64_t *upto)
                 chatlog__cluster__v1__segment_request__init(q);
                 q->shard = sh;
                 q->from = next;
+                q->prev_term = prev_term;
                 p->sreq[p->nsreq++] = q;
                 peer_flush(cl, p);
                 cl->boot_asked++;
@@ -1582,6 +1683,11 @@ static int boot_segments(cluster *cl, uint64_t *upto)
         }
     }
     cl->booting = 0;
+    /* Links that came up while booting skipped on_peer's work: ask for the
+     * peers' sessions now (ours are none yet). */
+    for (uint32_t i = 0; i < cl->npeers; i++)
+        if (cnet_peer_is_up(cl->net, cl->peers[i].id))
+            cl->peers[i].presence_sync = 1;
     return installed;
 }
 
@@ -1719,6 +1825,17 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     conn_flush_all(cl->s);
 }
 
+static void on_kick(evutil_socket_t fd, short what, void *arg)
+{
+    cluster *cl = arg;
+    (void)fd;
+    (void)what;
+    if (!cl->closing && !cl->booting) {
+        after(cl);
+        conn_flush_all(cl->s);
+    }
+}
+
 static void engine_log_fn(void *arg, int level, const char *msg)
 {
     srv_log(arg, level, "cluster: %s", msg);
@@ -1823,6 +1940,17 @@ static void dmg_cb(void *arg, const log_damage *d)
         x->first = from;
 }
 
+/* Record durably that shard sh had records up to end before they are cut:
+ * a crash right after the cut must not forget it (the replica would vote
+ * and lead again without them). */
+static int lose_suffix(cluster *cl, uint32_t sh, uint64_t end)
+{
+    if (end <= cl->hs[sh].acked_end)
+        return 0;
+    cl->hs[sh].acked_end = end;
+    return hs_save(cl);
+}
+
 /* A replica with damaged data in the middle of a shard's log drops the log
  * from the damage on and fetches it again from the leader, as a replica
  * that lost a suffix does: it neither votes nor leads the shard until it
@@ -1841,10 +1969,29 @@ static int64_t cut_damage(cluster *cl, uint32_t sh)
             "to fetch them again from the other nodes",
             sh, (unsigned long long)x.first, (unsigned long long)x.first,
             (unsigned long long)(next ? next - 1 : 0));
-    int rc = log_truncate_from(cl->s->log, sh, x.first);
-    if (rc)
-        return rc;
-    return (int64_t)(next > x.first ? next : x.first + 1);
+    uint64_t lost = next > x.first ? next : x.first + 1;
+    int rc = lose_suffix(cl, sh, lost);
+    if (!rc)
+        rc = log_truncate_from(cl->s->log, sh, x.first);
+    return rc ? rc : (int64_t)lost;
+}
+
+static int end_cb(void *arg, const batch_header *h, const uint8_t *bytes,
+                  const log_entry *e, size_t n)
+{
+    (void)bytes;
+    (void)e;
+    (void)n;
+    *(uint64_t *)arg = h->first_offset + h->record_count;
+    return 0;
+}
+
+/* The offset after the last batch of the shard that reads back whole. */
+static uint64_t readable_end(log_t *log, uint32_t sh)
+{
+    uint64_t end = 0;
+    (void)log_read_from(log, sh, 0, 0, end_cb, &end);
+    return end;
 }
 
 static void desc_cb(void *arg, uint64_t first, uint32_t count, uint64_t term)
@@ -1895,6 +2042,9 @@ int cluster_start(srv *s)
     cl->rc.heartbeat_ms = cfg->raft_heartbeat_ms;
     cl->rc.election_min_ms = cfg->raft_election_ms;
     cl->rc.election_max_ms = cfg->raft_election_ms * 2;
+    /* Batches are at most max_batch_bytes (1 MiB) each: 16 of them keep an
+     * append far below the 64 MiB a link frame may carry. */
+    cl->rc.max_batches_per_msg = 16;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     cl->rc.boot_id = (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
@@ -1959,17 +2109,18 @@ int cluster_start(srv *s)
         log_shard_ends(s->log, sh, &next, &durable);
         if (rc == CL_ECORRUPT && !d.oom) {
             /* Damage recovery did not see (a bad block under a good
-             * sidecar): the same treatment, from the last good batch. */
-            uint64_t cut = d.n ? d.b[d.n - 1].first_offset + d.b[d.n - 1].count : 0;
+             * sidecar): the same treatment, from the last batch that
+             * reads back. */
+            uint64_t cut = readable_end(s->log, sh);
             srv_log(s, LOG_WARN,
                     "cluster: shard %u: unreadable batch after offset %llu: dropping records "
                     "%llu..%llu to fetch them again from the other nodes",
                     sh, (unsigned long long)cut, (unsigned long long)cut,
                     (unsigned long long)(next ? next - 1 : 0));
-            rc = log_truncate_from(s->log, sh, cut);
+            rc = lose_suffix(cl, sh, next > cut ? next : cut + 1);
+            if (!rc)
+                rc = log_truncate_from(s->log, sh, cut);
             if (!rc) {
-                if (next > e->acked_end)
-                    e->acked_end = next;
                 d.n = 0;
                 rc = log_batch_each(s->log, sh, desc_cb, &d);
                 log_shard_ends(s->log, sh, &next, &durable);
@@ -2011,6 +2162,7 @@ int cluster_start(srv *s)
             free(upto);
             return -1;
         }
+        e->voted_for = rs.voted_for;
         e->term = term;
         cl->sh[sh].term = term;
         log_set_term(s->log, sh, term);
@@ -2030,13 +2182,15 @@ int cluster_start(srv *s)
         srv_log(s, LOG_ERROR, "cluster: state loaded around damaged data (%s)",
                 cl_strerror(rc));
     cl->tick_ev = event_new(s->base, -1, EV_PERSIST, on_tick, cl);
+    cl->kick_ev = event_new(s->base, -1, 0, on_kick, cl);
     struct timeval tv = {0, CL_TICK_MS * 1000};
     if (cl->tick_ev)
         event_priority_set(cl->tick_ev, CNET_EVENT_PRIORITY);
-    if (!cl->tick_ev || event_add(cl->tick_ev, &tv))
+    if (!cl->tick_ev || !cl->kick_ev || event_add(cl->tick_ev, &tv))
         return -1;
     srv_log(s, LOG_INFO, "cluster: node %u of %u, links on %s, %u shards", cfg->node_id,
             cl->rc.n_nodes, cfg->cluster_listen, cl->nshards);
+    cl->started = 1;
     return 0;
 }
 
@@ -2067,11 +2221,15 @@ void cluster_stop(srv *s)
     }
     if (cl->tick_ev)
         event_free(cl->tick_ev);
-    cl->tick_ev = NULL;
+    if (cl->kick_ev)
+        event_free(cl->kick_ev);
+    cl->tick_ev = cl->kick_ev = NULL;
     if (cl->net)
         cnet_free(cl->net);
     cl->net = NULL;
-    if (cl->hs && cl->rn)
+    /* Never after a start that failed: it may not have read the file
+     * (a damaged one must stay as it is, not become "no vote"). */
+    if (cl->started)
         (void)hs_save(cl);
 }
 

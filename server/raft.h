@@ -3,7 +3,7 @@
  * of Ongaro & Ousterhout) as a pure state machine: no sockets, no files, no
  * clocks, no threads. Time, received messages and storage completions go in;
  * messages to peers and storage work come out. The same code runs inside
- * chatd (later: the cluster transport drives it) and inside the deterministic
+ * chatd (server/cluster.c drives it) and inside the deterministic
  * simulator in tests/server/test_raft_sim.c, which is why it must never do
  * I/O or read a clock itself. docs/cluster.md describes the protocol; this
  * header is the API manual.
