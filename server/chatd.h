@@ -252,6 +252,10 @@ int gw_on_message(conn *c, const uint8_t *data, size_t len);
 void gw_on_close(conn *c);
 void gw_on_commit(srv *s, const log_entry *e);
 void gw_tick(srv *s, int64_t now);
+/* A write holding idempotency key k ended: ack (status 0, res) or refuse
+ * every session waiting on k, then settle it (held cleared) or forget it. */
+struct idem;
+void gw_key_settle(srv *s, struct idem *k, int status, const log_append_result *res);
 /* The GW_E* code for an engine or cluster error of a write. */
 int gw_engine_error(int status);
 /* Cluster: a user's sessions on another node changed; a typing indicator

@@ -1140,12 +1140,8 @@ static void send_result(cluster *cl, uint32_t to, uint64_t id, int status,
 static void fwd_done(srv *s, void *arg, int status, const log_append_result *res)
 {
     fwd_reply *f = arg;
-    if (f->key) {
-        if (status)
-            st_idem_drop(s->st, f->key);
-        else
-            f->key->held = 0; /* the commit made it a settled key */
-    }
+    if (f->key) /* sessions here that sent the same message wait on it */
+        gw_key_settle(s, f->key, status, res);
     send_result(f->cl, f->to, f->id, status, res);
     free(f);
 }

@@ -470,6 +470,31 @@ int gw_engine_error(int status)
     return GW_EINTERNAL;
 }
 
+void gw_key_settle(srv *s, idem *k, int status, const log_append_result *res)
+{
+    char cmid[MAX_CLIENT_MSG_ID + 1];
+    size_t n = k->keylen < MAX_CLIENT_MSG_ID ? k->keylen : MAX_CLIENT_MSG_ID;
+    memcpy(cmid, k->key, n);
+    cmid[n] = 0;
+    for (uint32_t i = 0; i < k->nwaiters; i++) {
+        conn *c = conn_find(s, k->waiters[i]);
+        if (!c || c->state != CS_READY)
+            continue;
+        if (status == 0)
+            send_ack(c, cmid, k->conv_id, res->msg_id, res->ts_ms);
+        else
+            send_error(c, gw_engine_error(status), raft_strerror(status), cmid);
+    }
+    if (status) {
+        st_idem_drop(s->st, k);
+        return;
+    }
+    free(k->waiters);
+    k->waiters = NULL;
+    k->nwaiters = 0;
+    k->held = 0;
+}
+
 static void send_done(srv *s, void *arg, int status, const log_append_result *res)
 {
     send_ctx *x = arg;
@@ -480,15 +505,7 @@ static void send_done(srv *s, void *arg, int status, const log_append_result *re
         if (!x->user_done)
             s->met->messages_appended++;
         if (x->key) {
-            for (uint32_t i = 0; i < x->key->nwaiters; i++) {
-                conn *c = conn_find(s, x->key->waiters[i]);
-                if (c && c->state == CS_READY)
-                    send_ack(c, x->cmid, x->conv_id, res->msg_id, res->ts_ms);
-            }
-            free(x->key->waiters);
-            x->key->waiters = NULL;
-            x->key->nwaiters = 0;
-            x->key->held = 0;
+            gw_key_settle(s, x->key, 0, res);
         } else {
             conn *c = conn_find(s, x->conn_id);
             if (c && c->state == CS_READY)
@@ -498,12 +515,7 @@ static void send_done(srv *s, void *arg, int status, const log_append_result *re
         int code = gw_engine_error(status);
         const char *msg = raft_strerror(status);
         if (x->key) {
-            for (uint32_t i = 0; i < x->key->nwaiters; i++) {
-                conn *c = conn_find(s, x->key->waiters[i]);
-                if (c && c->state == CS_READY)
-                    send_error(c, code, msg, x->cmid);
-            }
-            st_idem_drop(s->st, x->key);
+            gw_key_settle(s, x->key, status, NULL);
         } else {
             conn *c = conn_find(s, x->conn_id);
             if (c && c->state == CS_READY)
