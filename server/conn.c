@@ -215,6 +215,11 @@ static void update_events(conn *c)
         return;
     event_assign(c->ev, c->srv->base, c->fd, what | EV_PERSIST, conn_event, c);
     event_add(c->ev, NULL);
+    /* event_del dropped the activation of conn_http_resume, and the kept
+     * head will not make the socket readable again (found by
+     * fuzz/conn_input: the request after the REST answers waited forever). */
+    if (c->resumed)
+        event_active(c->ev, EV_READ, 0);
 }
 
 /* ---- writing ---- */
@@ -334,8 +339,16 @@ static void want_flush(conn *c)
     }
 }
 
+/* The connection whose HEAD request is being answered (handle_http sets it
+ * once the head is parsed, until the request is dispatched; conn_flush_all
+ * clears it too): its responses go out
+ * without their body (RFC 9110 §9.3.2; found by fuzz/conn_input). HEAD is
+ * answered at once on every route, never from a later engine callback. */
+static conn *answering_head;
+
 void conn_flush_all(srv *s)
 {
+    answering_head = NULL;
     while (s->flushq) {
         conn *c = s->flushq;
         s->flushq = c->next_flush;
@@ -344,6 +357,20 @@ void conn_flush_all(srv *s)
             flush_out(c);
     }
     conn_reap(s);
+}
+
+/* b's bytes up to the end of its HTTP head, or NULL when there is nothing
+ * after the head (or no head). */
+static blob *http_head_only(const blob *b)
+{
+    const uint8_t *e = memmem(b->data, b->len, "\r\n\r\n", 4);
+    size_t n = e ? (size_t)(e - b->data) + 4 : 0;
+    if (!e || n == b->len)
+        return NULL;
+    blob *h = blob_new(n);
+    if (h)
+        memcpy(h->data, b->data, n);
+    return h;
 }
 
 void conn_send_blob(conn *c, blob *b)
@@ -359,6 +386,16 @@ void conn_send_blob(conn *c, blob *b)
             conn_send_blob(c, x);
             c->cors_origin = o;
             blob_unref(x);
+            return;
+        }
+    }
+    if (c == answering_head && !c->is_ws) {
+        blob *h = http_head_only(b);
+        if (h) {
+            answering_head = NULL;
+            conn_send_blob(c, h);
+            answering_head = c;
+            blob_unref(h);
             return;
         }
     }
@@ -822,6 +859,7 @@ static ssize_t handle_http(conn *c, char *buf, size_t len, size_t *ws_rest)
             return -1;
         }
         c->cors_origin = conn_cors_match(s, &r);
+        answering_head = !strcmp(r.method, "HEAD") ? c : NULL;
         if (r.content_length > media_body_limit(s, &r)) {
             conn_http_error(c, 413, GW_ETOOLARGE, "request body too large", 0);
             return -1;
@@ -829,9 +867,11 @@ static ssize_t handle_http(conn *c, char *buf, size_t len, size_t *ws_rest)
         /* Only rest_handle queues behind the REST answers still owed on this
          * connection. Any other request (an upload, /healthz, /ws, /media/)
          * must not overtake them — a 101 would also make them undeliverable
-         * (found by fuzz/conn_input): wait, head kept, not reading (bounded:
-         * what was read). */
-        if ((media_is_upload(&r) || strncmp(r.path, "/api/", 5)) && rest_conn_busy(c->id)) {
+         * (found by fuzz/conn_input) — and a HEAD must be answered at once
+         * (answering_head): wait, head kept, not reading (bounded: what was
+         * read). */
+        if ((media_is_upload(&r) || strncmp(r.path, "/api/", 5) || !strcmp(r.method, "HEAD")) &&
+            rest_conn_busy(c->id)) {
             srv_log(s, LOG_DEBUG, "conn %llu: request waits for the answers owed before it",
                     (unsigned long long)c->id);
             c->paused = 1;
@@ -879,6 +919,7 @@ static ssize_t handle_http(conn *c, char *buf, size_t len, size_t *ws_rest)
         } else {
             conn_http_error(c, 405, GW_EBADFRAME, "method not allowed", 0);
         }
+        answering_head = NULL;
     }
     return (ssize_t)used;
 }
