@@ -261,7 +261,9 @@ static void srv_open(void)
     pthread_mutex_init(&s->inbox_mu, NULL);
     s->base = event_base_new();
     s->st = st_new(s);
-    FUZZ_CHECK(s->base && s->st, "event base / state");
+    /* As srv_run: engine completions (priority 0) before client sockets. */
+    FUZZ_CHECK(s->base && s->st && event_base_priority_init(s->base, 2) == 0,
+               "event base / state");
     log_options lo = {.shards = 1, .fsync = LOG_FSYNC_NONE, .io = fuzz_nosync_vfs(),
                       .log_fn = quiet_rec, .on_commit = on_commit, .commit_arg = s};
     int rc = log_open(s->cfg.data, &lo, &s->log);
@@ -281,7 +283,9 @@ static void srv_open(void)
                    listen(s->listen_fd, 64) == 0,
                "bind/listen: %s", strerror(errno));
     s->wake_ev = event_new(s->base, -1, EV_PERSIST, on_wake, s);
-    FUZZ_CHECK(s->wake_ev && event_add(s->wake_ev, NULL) == 0, "wake event");
+    FUZZ_CHECK(s->wake_ev && event_priority_set(s->wake_ev, 0) == 0 &&
+                   event_add(s->wake_ev, NULL) == 0,
+               "wake event");
     FUZZ_CHECK(conn_accept_setup(s) == 0, "conn_accept_setup");
 
     int count = 0;
