@@ -322,8 +322,14 @@ export class ClusterHarness {
     this.httpBase = await freeRun(this.n);
     const ids = [];
     for (let i = 1; i <= this.n; i++) ids.push(i);
+    // Fixed ports below the kernel's range for outgoing connections, as for
+    // HTTP: a port taken with listen(0) and released could be handed to a
+    // proxy, a dial or a second node before chatd binds it (seen: two nodes
+    // given the same cluster port).
     const cport = {};
-    for (const i of ids) cport[i] = await this._freePort();
+    let cbase = await freeRun(ids.length);
+    while (Math.abs(cbase - this.httpBase) <= this.n) cbase = await freeRun(ids.length);
+    ids.forEach((i, k) => { cport[i] = cbase + k + 1; });
     this.clusterPorts = cport;
     for (const i of ids) {
       for (const j of ids) {
@@ -351,14 +357,6 @@ export class ClusterHarness {
     await Promise.all(ids.map((i) => this.node(i).start()));
     this.note(`cluster up: http ${this.httpBase + 1}..${this.httpBase + this.n}, data ${this.root}`);
     await this.waitReady();
-  }
-
-  async _freePort() {
-    return new Promise((resolve, reject) => {
-      const s = net.createServer();
-      s.on('error', reject);
-      s.listen(0, '127.0.0.1', () => { const { port } = s.address(); s.close(() => resolve(port)); });
-    });
   }
 
   token(uid) { return this.node(1).token(uid); }
