@@ -68,6 +68,27 @@ function freePort() {
   });
 }
 
+/** A free loopback port below the kernel's range for outgoing connections,
+ * for nodes that are restarted on their port: a port from listen(0) is in
+ * that range, and a connection could take it while the node is down. */
+async function fixedFreePort() {
+  let low = 32768;
+  try {
+    const v = Number(fs.readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]);
+    if (v > 11000) low = v;
+  } catch { /* not Linux */ }
+  for (let attempt = 0; attempt < 200; attempt++) {
+    const port = 10000 + crypto.randomInt(0, low - 10000);
+    const ok = await new Promise((resolve) => {
+      const s = net.createServer();
+      s.once('error', () => resolve(false));
+      s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)));
+    });
+    if (ok) return port;
+  }
+  return freePort();
+}
+
 const live = new Set();
 const tempDirs = new Set();
 process.on('exit', () => {
@@ -251,7 +272,7 @@ export class ChatdCluster {
 
   async start() {
     const ports = new Set();
-    while (ports.size < 2 * this.n) ports.add(await freePort());
+    while (ports.size < 2 * this.n) ports.add(await fixedFreePort());
     const list = [...ports];
     for (let i = 1; i <= this.n; i++) this.nodes[i] = { id: i, http: list[2 * i - 2], peer: list[2 * i - 1], proc: null, log: '' };
     await Promise.all(this.nodes.slice(1).map((nd) => this.startNode(nd.id)));
