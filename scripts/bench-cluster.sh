@@ -34,6 +34,11 @@
 #   CLUSTER_BENCH_SHAPES   throughput shapes PAIRSxWINDOW [100x8,1000x4]
 #   CLUSTER_BENCH_RATE     paced rate, msgs/s in total [10000]
 #   CLUSTER_BENCH_PLACEMENTS  which cluster runs [all,leaders]
+#   CLUSTER_BENCH_SHARDS   shards of the single node and of every cluster
+#                          node [4]: all nodes of this bench share one disk,
+#                          and 16 shards x 3 nodes = 48 writer threads
+#                          flushing small groups made its queue the p99
+#                          (docs/performance.md)
 #   CLUSTER_BENCH_ARGS     more arguments for every load run
 set -u
 cd "$(dirname "$0")/.." || exit 2
@@ -48,6 +53,7 @@ load=$build_abs/bench/load
 secs=${CLUSTER_BENCH_SECONDS:-5}
 shapes=${CLUSTER_BENCH_SHAPES:-100x8,1000x4}
 rate=${CLUSTER_BENCH_RATE:-10000}
+nshards=${CLUSTER_BENCH_SHARDS:-4}
 placements=${CLUSTER_BENCH_PLACEMENTS:-all,leaders}
 # A load run takes about (connect + 1 s warm-up + secs + drain) per phase.
 run_limit=$((120 + 30 * secs))
@@ -121,10 +127,10 @@ run() { # name load-args...
 
 echo "=== bench-cluster: $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg)," \
   "ports $((http_base + 1))-$((http_base + 3)) (HTTP), $((peer_base + 1))-$((peer_base + 3)) (links)"
-run single --chatd "$build_abs/chatd" "${common[@]}"
+run single --chatd "$build_abs/chatd" --chatd-arg=--shards=$nshards "${common[@]}"
 
 echo "=== cluster: starting 3 nodes in $tmp/cluster"
-if cl start "${limits[@]}"; then
+if cl start --shards "$nshards" "${limits[@]}"; then
   cluster_up=1
   pids=$(for i in 1 2 3; do cat "$tmp/cluster/n$i.pid"; done | paste -sd,)
   targets=$(for i in 1 2 3; do printf '127.0.0.1:%d\n' $((http_base + i)); done | paste -sd,)
