@@ -87,70 +87,6 @@ static void fbuf_add(fbuf *b, const void *p, size_t n)
     b->n += n;
 }
 
-/* ---- srv.c's inbox, as srv_run sets it up ---- */
-
-static void post(srv *s, inbox_item *it)
-{
-    it->next = NULL;
-    pthread_mutex_lock(&s->inbox_mu);
-    int was_empty = s->inbox_head == NULL;
-    if (s->inbox_tail)
-        s->inbox_tail->next = it;
-    else
-        s->inbox_head = it;
-    s->inbox_tail = it;
-    pthread_mutex_unlock(&s->inbox_mu);
-    if (was_empty)
-        event_active(s->wake_ev, EV_READ, 0);
-}
-
-/* Engine completion thread: a copy of srv.c's on_commit. */
-static void on_commit(void *arg, uint32_t shard, const log_entry *e, size_t n)
-{
-    srv *s = arg;
-    (void)shard;
-    for (size_t i = 0; i < n; i++) {
-        size_t extra = (size_t)e[i].rec.key_len + e[i].rec.body_len;
-        inbox_item *it = malloc(sizeof *it + extra);
-        FUZZ_CHECK(it != NULL, "oom");
-        memset(it, 0, sizeof *it);
-        it->kind = IB_COMMIT;
-        it->e = e[i];
-        memcpy(it->data, e[i].rec.key, e[i].rec.key_len);
-        memcpy(it->data + e[i].rec.key_len, e[i].rec.body, e[i].rec.body_len);
-        it->e.rec.key = it->data;
-        it->e.rec.body = it->data + e[i].rec.key_len;
-        post(s, it);
-    }
-}
-
-/* A copy of srv.c's on_wake (without the shutdown step). */
-static void on_wake(evutil_socket_t fd, short what, void *arg)
-{
-    srv *s = arg;
-    (void)fd;
-    (void)what;
-    pthread_mutex_lock(&s->inbox_mu);
-    inbox_item *it = s->inbox_head;
-    s->inbox_head = s->inbox_tail = NULL;
-    pthread_mutex_unlock(&s->inbox_mu);
-    while (it) {
-        inbox_item *next = it->next;
-        if (it->kind == IB_COMMIT) {
-            st_apply(s->st, &it->e);
-            gw_on_commit(s, &it->e);
-        } else if (it->kind == IB_APPENDED) {
-            s->inflight--;
-            it->done(s, it->ctx, it->status, it->status ? NULL : &it->res);
-        } else { /* any other completion posted to the loop */
-            it->done(s, it->ctx, it->status, &it->res);
-        }
-        free(it);
-        it = next;
-    }
-    conn_flush_all(s);
-}
-
 static void quiet_rec(void *arg, int level, const char *msg)
 {
     (void)arg;
@@ -265,7 +201,7 @@ static void srv_open(void)
     FUZZ_CHECK(s->base && s->st && event_base_priority_init(s->base, 2) == 0,
                "event base / state");
     log_options lo = {.shards = 1, .fsync = LOG_FSYNC_NONE, .io = fuzz_nosync_vfs(),
-                      .log_fn = quiet_rec, .on_commit = on_commit, .commit_arg = s};
+                      .log_fn = quiet_rec, .on_commit = srv_on_engine_commit, .commit_arg = s};
     int rc = log_open(s->cfg.data, &lo, &s->log);
     FUZZ_CHECK(rc == 0, "log_open %s: %s", s->cfg.data, cl_strerror(rc));
     FUZZ_CHECK(st_load(s->st, s->log) == 0, "st_load");
@@ -282,7 +218,7 @@ static void srv_open(void)
     FUZZ_CHECK(bind(s->listen_fd, (struct sockaddr *)&addr, addr_len) == 0 &&
                    listen(s->listen_fd, 64) == 0,
                "bind/listen: %s", strerror(errno));
-    s->wake_ev = event_new(s->base, -1, EV_PERSIST, on_wake, s);
+    s->wake_ev = event_new(s->base, -1, EV_PERSIST, srv_on_wake, s);
     FUZZ_CHECK(s->wake_ev && event_priority_set(s->wake_ev, 0) == 0 &&
                    event_add(s->wake_ev, NULL) == 0,
                "wake event");

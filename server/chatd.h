@@ -221,6 +221,12 @@ int srv_append(srv *s, const rec_view *rec,
                             const log_append_result *res),
                void *ctx);
 int srv_run(srv *s);
+/* The inbox, for whoever sets up a srv without srv_run (the fuzz harness):
+ * the engine's on_commit (commit_arg = the srv), and the callback of
+ * wake_ev (an EV_PERSIST event with no fd, arg = the srv), which runs what
+ * was posted. */
+void srv_on_engine_commit(void *arg, uint32_t shard, const log_entry *e, size_t n);
+void srv_on_wake(int fd, short what, void *arg);
 /* From any thread: run done(s, ctx, status, res) on the loop thread, in
  * posting order with commits and append results. res (may be NULL) is
  * copied. Not counted in inflight. */

@@ -86,7 +86,7 @@ static void post(srv *s, inbox_item *it)
 }
 
 /* Engine completion thread: copy each committed record for the loop. */
-static void on_commit(void *arg, uint32_t shard, const log_entry *e, size_t n)
+void srv_on_engine_commit(void *arg, uint32_t shard, const log_entry *e, size_t n)
 {
     srv *s = arg;
     (void)shard;
@@ -188,7 +188,7 @@ static void maybe_finish(srv *s)
         event_base_loopexit(s->base, NULL);
 }
 
-static void on_wake(evutil_socket_t fd, short what, void *arg)
+void srv_on_wake(evutil_socket_t fd, short what, void *arg)
 {
     srv *s = arg;
     (void)fd;
@@ -345,7 +345,7 @@ int srv_run(srv *s)
     log_options lo = {.shards = s->cfg.shards, .segment_bytes = s->cfg.segment_bytes,
                       .fsync = s->cfg.fsync_none ? LOG_FSYNC_NONE : LOG_FSYNC_ALWAYS,
                       .log_fn = engine_log, .log_arg = s,
-                      .on_commit = clustered ? NULL : on_commit, .commit_arg = s};
+                      .on_commit = clustered ? NULL : srv_on_engine_commit, .commit_arg = s};
     /* `shards` only shapes a new directory; an existing one keeps its own. */
     char manifest[CFG_PATH + 16];
     snprintf(manifest, sizeof manifest, "%s/MANIFEST", s->cfg.data);
@@ -375,7 +375,7 @@ int srv_run(srv *s)
         goto out;
     if (listen_on(s))
         goto out;
-    s->wake_ev = event_new(s->base, -1, EV_PERSIST, on_wake, s);
+    s->wake_ev = event_new(s->base, -1, EV_PERSIST, srv_on_wake, s);
     if (s->wake_ev) /* engine completions: Raft's progress and the acks */
         event_priority_set(s->wake_ev, 0);
     s->tick_ev = event_new(s->base, -1, EV_PERSIST, on_tick, s);
