@@ -2371,14 +2371,18 @@ void cluster_metrics(srv *s, char **buf, size_t *len, size_t *cap)
                 (unsigned long long)cl->segments_installed);
     append_line(buf, len, cap, "# TYPE chatd_cluster_bad_frames_total counter\n"
                 "chatd_cluster_bad_frames_total %llu\n", (unsigned long long)cl->frames_bad);
+    /* One family after the other (Prometheus text format). */
+    append_line(buf, len, cap, "# TYPE chatd_cluster_leader gauge\n");
+    for (uint32_t sh = 0; sh < cl->nshards; sh++) {
+        raft_shard_info ri;
+        if (raft_shard_info_get(cl->rn, sh, &ri) == 0)
+            append_line(buf, len, cap, "chatd_cluster_leader{shard=\"%u\"} %d\n", sh,
+                        ri.role == RAFT_LEADER);
+    }
     append_line(buf, len, cap, "# TYPE chatd_cluster_replication_lag_records gauge\n");
     for (uint32_t sh = 0; sh < cl->nshards; sh++) {
         raft_shard_info ri;
-        if (raft_shard_info_get(cl->rn, sh, &ri))
-            continue;
-        append_line(buf, len, cap, "chatd_cluster_leader{shard=\"%u\"} %d\n", sh,
-                    ri.role == RAFT_LEADER);
-        if (ri.role != RAFT_LEADER)
+        if (raft_shard_info_get(cl->rn, sh, &ri) || ri.role != RAFT_LEADER)
             continue;
         for (uint32_t i = 0; i < ri.n_peers; i++) {
             uint64_t m = ri.peers[i].match < ri.end_offset ? ri.peers[i].match : ri.end_offset;
