@@ -17,7 +17,8 @@
 #   make fuzz-coverage             engine line coverage reached by the corpora
 #   make fuzz-coverage-server      server line coverage reached by the corpora
 
-FUZZ_ENGINE_TARGETS := batch_decode recovery sidecar zlog manifest differential
+FUZZ_ENGINE_TARGETS := batch_decode recovery sidecar zlog manifest differential \
+                       replica
 # The server targets link the server (server/, libevent, OpenSSL, libjwt,
 # jansson) and fuzz/srv_harness.c, a real chatd in the fuzz process.
 FUZZ_SRV_TARGETS := conn_input frame rest_json jwt
@@ -98,6 +99,7 @@ FUZZ_DICT_zlog := fuzz/batch.dict
 FUZZ_DICT_sidecar := fuzz/batch.dict
 FUZZ_DICT_recovery := fuzz/batch.dict
 FUZZ_DICT_manifest := fuzz/manifest.dict
+FUZZ_DICT_replica := fuzz/batch.dict
 FUZZ_DICT_conn_input := fuzz/server.dict
 FUZZ_DICT_frame := fuzz/server.dict
 FUZZ_DICT_rest_json := fuzz/server.dict
