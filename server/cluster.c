@@ -232,6 +232,13 @@ static uint64_t mono_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+/* Deadlines and intervals: the monotonic clock (a wall-clock step must
+ * not time out writes or stretch their waits). */
+static int64_t now_ms(void)
+{
+    return (int64_t)mono_ms();
+}
+
 int cluster_enabled(const chatd_config *cfg)
 {
     return cfg->peers[0] != 0;
@@ -361,7 +368,7 @@ static int hs_save(cluster *cl)
         rc = -errno;
     if (!rc)
         rc = fsync_dir(cl->s->cfg.data);
-    cl->hint_saved_ms = srv_now_ms();
+    cl->hint_saved_ms = now_ms();
     return rc;
 }
 
@@ -819,7 +826,7 @@ static void apply(cluster *cl, uint32_t shard)
     int full = ri.log_version != h->log_version;
     h->log_version = ri.log_version;
     pend **pp = &h->acks, *last = NULL;
-    int64_t now = srv_now_ms();
+    int64_t now = now_ms();
     while (*pp) {
         pend *p = *pp;
         uint64_t t = raft_term_at(cl->rn, shard, p->res.batch_first_offset);
@@ -892,7 +899,7 @@ static void leader_durable(srv *s, void *arg, int status, const log_append_resul
         finish(cl, p, CL_ESTALE);
         return;
     }
-    p->deadline = srv_now_ms() + CL_ACK_MS;
+    p->deadline = now_ms() + CL_ACK_MS;
     p->next = NULL;
     if (h->acks_tail)
         h->acks_tail->next = p;
@@ -943,7 +950,7 @@ static wreq *wreq_new(cluster *cl, const rec_view *rec, uint32_t shard)
         memcpy(w->data + rec->key_len, rec->body, rec->body_len);
     w->rec.key = w->data;
     w->rec.body = w->data + rec->key_len;
-    w->deadline = srv_now_ms() + CL_WAIT_MS;
+    w->deadline = now_ms() + CL_WAIT_MS;
     return w;
 }
 
@@ -997,7 +1004,7 @@ static void wreq_done(cluster *cl, wreq *w, int status, const log_append_result 
  * list half walked. */
 static void dispatch(cluster *cl)
 {
-    int64_t now = srv_now_ms();
+    int64_t now = now_ms();
     wreq **pp = &cl->waiting, *done = NULL, **done_tail = &done;
 #define CL_FINISH(w_, st_)                                                    \
     do {                                                                      \
@@ -1248,7 +1255,7 @@ static void on_result(cluster *cl, uint32_t from, const Chatlog__Cluster__V1__Fo
                 return;
             }
             w->sent_to = RAFT_NONE;
-            w->retry_at = srv_now_ms() + 20;
+            w->retry_at = now_ms() + 20;
             return;
         }
         if (r->status) {
@@ -1813,7 +1820,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
         srv_log(cl->s, LOG_DEBUG, "cluster: tick: %s", raft_strerror(rc));
     drain(cl);
     after(cl);
-    if (cl->hint_dirty && srv_now_ms() - cl->hint_saved_ms >= CL_HINT_MS) {
+    if (cl->hint_dirty && now_ms() - cl->hint_saved_ms >= CL_HINT_MS) {
         int src = hs_save(cl);
         if (src)
             fatal(cl, "cannot save raft-state", src);

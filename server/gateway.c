@@ -243,7 +243,9 @@ void gw_remote_typing(srv *s, uint64_t conv_id, uint64_t uid, int active)
 
 void gw_remote_presence(srv *s, uint64_t uid, int64_t last_seen_ms)
 {
-    user *u = st_user(s->st, uid, 1);
+    /* A user this node does not know shares no conversation with anyone
+     * here: nobody to tell (and a peer cannot make us create users). */
+    user *u = st_user(s->st, uid, 0);
     if (!u)
         return;
     if (last_seen_ms > u->last_seen_ms)
