@@ -707,7 +707,12 @@ static void do_item(cluster *cl, const raft_persist *it)
 }
 
 /* Take and perform every persist item. Term and vote first, for all items
- * at once (one file write), then the log work, in order per shard. */
+ * at once (one file write), then the log work, in order per shard, and the
+ * reports in order. This makes a later item's term and vote durable before
+ * an earlier item's log work, which raft.h's "not reordered" does not
+ * allow in general; it is safe here because a term or vote is only ever
+ * required to be durable early, never late, and the log work not yet done
+ * is unreported (a crash loses it as any unreported write). */
 static void drain(cluster *cl)
 {
     for (;;) {
