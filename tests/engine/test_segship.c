@@ -25,54 +25,15 @@
 
 /* ---- helpers ---- */
 
-typedef struct wwait {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    int done, status;
-    uint64_t end;
-} wwait;
-
-static void wwait_cb(void *arg, int status, uint64_t end)
-{
-    wwait *w = arg;
-    pthread_mutex_lock(&w->mu);
-    w->done = 1;
-    w->status = status;
-    w->end = end;
-    pthread_cond_broadcast(&w->cv);
-    pthread_mutex_unlock(&w->mu);
-}
-
-static int wwait_for(wwait *w, uint64_t *end)
-{
-    pthread_mutex_lock(&w->mu);
-    while (!w->done)
-        pthread_cond_wait(&w->cv, &w->mu);
-    pthread_mutex_unlock(&w->mu);
-    if (end)
-        *end = w->end;
-    return w->status;
-}
-
 /* log_segment_install and wait: the call's error, else the callback's. */
 static int install_sync(log_t *log, uint32_t sh, const log_segment_files *f,
                         uint64_t *end)
 {
-    wwait w = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0};
-    int rc = log_segment_install(log, sh, f, wwait_cb, &w);
+    th_wait w = TH_WAIT_INIT;
+    int rc = log_segment_install(log, sh, f, th_wait_cb, &w);
     if (rc)
         return rc;
-    return wwait_for(&w, end);
-}
-
-static int write_sync(log_t *log, uint32_t sh, uint64_t at, const uint8_t *b,
-                      size_t len)
-{
-    wwait w = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0};
-    int rc = log_write_batches(log, sh, at, b, len, wwait_cb, &w);
-    if (rc)
-        return rc;
-    return wwait_for(&w, NULL);
+    return th_wait_for(&w, end);
 }
 
 static void quiet(void *arg, int level, const char *msg) {}
@@ -170,37 +131,11 @@ static uint32_t wait_sealed(log_t *log, uint32_t sh)
     FAIL("segments were not compressed in time");
 }
 
-/* Records of a shard: (offset, term, type, conv, msg_id, ts, body hash). */
-typedef struct recs {
-    uint64_t v[8192][7];
-    uint32_t n;
-} recs;
-
-static int recs_cb(void *arg, const batch_header *h, const uint8_t *bytes,
-                   const log_entry *e, size_t n)
+static th_recs *read_recs(log_t *log, uint32_t sh)
 {
-    recs *r = arg;
-    for (size_t i = 0; i < n && r->n < 8192; i++) {
-        uint64_t hash = 1469598103934665603ull;
-        for (uint32_t k = 0; k < e[i].rec.body_len; k++)
-            hash = (hash ^ e[i].rec.body[k]) * 1099511628211ull;
-        uint64_t *v = r->v[r->n++];
-        v[0] = e[i].offset;
-        v[1] = e[i].term;
-        v[2] = e[i].rec.type;
-        v[3] = e[i].rec.conv_id;
-        v[4] = e[i].rec.msg_id;
-        v[5] = (uint64_t)e[i].rec.ts_ms;
-        v[6] = hash;
-    }
-    return 0;
-}
-
-static recs *read_recs(log_t *log, uint32_t sh)
-{
-    recs *r = calloc(1, sizeof *r);
+    th_recs *r = calloc(1, sizeof *r);
     ASSERT(r);
-    ASSERT_OK(log_read_from(log, sh, 0, 0, recs_cb, r));
+    ASSERT_OK(log_read_from(log, sh, 0, 0, th_recs_cb, r));
     return r;
 }
 
@@ -277,7 +212,7 @@ static log_t *make_leader(uint32_t *nsegs)
 
 static void assert_same(log_t *L, log_t *F)
 {
-    recs *rl = read_recs(L, SH), *rf = read_recs(F, SH);
+    th_recs *rl = read_recs(L, SH), *rf = read_recs(F, SH);
     ASSERT_EQ(rl->n, rf->n);
     ASSERT_MEM_EQ(rl->v, rf->v, sizeof rl->v[0] * rl->n);
     free(rl);
@@ -356,7 +291,7 @@ TEST(segship_follower_installs_segments_then_tail_reads_back_identically)
     bytes_buf b = {0};
     ASSERT_OK(log_read_from(L, SH, end, 0, collect_cb, &b));
     ASSERT_GT(b.len, 0);
-    ASSERT_OK(write_sync(F, SH, end, b.p, b.len));
+    ASSERT_OK(th_write_sync(F, SH, end, b.p, b.len, NULL));
     free(b.p);
     assert_same(L, F);
 
@@ -419,12 +354,12 @@ TEST(segship_install_refused_unless_log_ends_at_base)
     /* Bad arguments: refused at once. */
     log_segment_files bad = f1;
     bad.last_term = f1.last_term + 1;
-    ASSERT_EQ(log_segment_install(F, SH, &bad, wwait_cb, NULL), CL_EINVAL);
+    ASSERT_EQ(log_segment_install(F, SH, &bad, th_wait_cb, NULL), CL_EINVAL);
     bad = f1;
     bad.end = bad.base;
-    ASSERT_EQ(log_segment_install(F, SH, &bad, wwait_cb, NULL), CL_EINVAL);
-    ASSERT_EQ(log_segment_install(F, NSHARDS, &f1, wwait_cb, NULL), CL_EINVAL);
-    ASSERT_EQ(log_segment_install(F, SH, NULL, wwait_cb, NULL), CL_EINVAL);
+    ASSERT_EQ(log_segment_install(F, SH, &bad, th_wait_cb, NULL), CL_EINVAL);
+    ASSERT_EQ(log_segment_install(F, NSHARDS, &f1, th_wait_cb, NULL), CL_EINVAL);
+    ASSERT_EQ(log_segment_install(F, SH, NULL, th_wait_cb, NULL), CL_EINVAL);
     ASSERT_OK(install_sync(F, SH, &f1, NULL));
     ASSERT_OK(install_sync(F, SH, &f2, NULL));
     ASSERT_EQ(count_files(fd, SH, ".zlog"), 3);
@@ -505,44 +440,44 @@ TEST(segship_bad_files_refused_with_nothing_written)
     /* A byte of a compressed block. */
     d = dup_files(&f);
     d.zlog[d.zlog_len - 5] ^= 0x40;
-    ASSERT_EQ(log_segment_install(F, SH, &d, wwait_cb, NULL), CL_ECORRUPT);
+    ASSERT_EQ(log_segment_install(F, SH, &d, th_wait_cb, NULL), CL_ECORRUPT);
     log_segment_files_free(&d);
     /* The block table. */
     d = dup_files(&f);
     d.zlog[60] ^= 1;
-    ASSERT_EQ(log_segment_install(F, SH, &d, wwait_cb, NULL), CL_ECORRUPT);
+    ASSERT_EQ(log_segment_install(F, SH, &d, th_wait_cb, NULL), CL_ECORRUPT);
     log_segment_files_free(&d);
     /* Truncated files. */
     d = dup_files(&f);
     d.zlog_len -= 1;
-    ASSERT_EQ(log_segment_install(F, SH, &d, wwait_cb, NULL), CL_ECORRUPT);
+    ASSERT_EQ(log_segment_install(F, SH, &d, th_wait_cb, NULL), CL_ECORRUPT);
     d.zlog_len += 1;
     d.idx_len -= 1;
-    ASSERT_EQ(log_segment_install(F, SH, &d, wwait_cb, NULL), CL_ECORRUPT);
+    ASSERT_EQ(log_segment_install(F, SH, &d, th_wait_cb, NULL), CL_ECORRUPT);
     log_segment_files_free(&d);
     /* A byte of the sidecar. */
     d = dup_files(&f);
     d.idx[70] ^= 0x10;
-    ASSERT_EQ(log_segment_install(F, SH, &d, wwait_cb, NULL), CL_ECORRUPT);
+    ASSERT_EQ(log_segment_install(F, SH, &d, th_wait_cb, NULL), CL_ECORRUPT);
     log_segment_files_free(&d);
     /* Well-formed sidecars that disagree with the batches. */
     d = dup_files(&f);
     forge_sidecar(&d, bump_msg_id);
-    ASSERT_EQ(log_segment_install(F, SH, &d, wwait_cb, NULL), CL_ECORRUPT);
+    ASSERT_EQ(log_segment_install(F, SH, &d, th_wait_cb, NULL), CL_ECORRUPT);
     log_segment_files_free(&d);
     d = dup_files(&f);
     forge_sidecar(&d, shift_pos);
-    ASSERT_EQ(log_segment_install(F, SH, &d, wwait_cb, NULL), CL_ECORRUPT);
+    ASSERT_EQ(log_segment_install(F, SH, &d, th_wait_cb, NULL), CL_ECORRUPT);
     log_segment_files_free(&d);
     /* Another shard's segment. */
-    ASSERT_EQ(log_segment_install(F, SH, &other, wwait_cb, NULL), CL_EMISPLACED);
+    ASSERT_EQ(log_segment_install(F, SH, &other, th_wait_cb, NULL), CL_EMISPLACED);
     /* A wrong base or end for these files. */
     d = dup_files(&f);
     d.base += 1;
     d.end += 1;
-    ASSERT_EQ(log_segment_install(F, SH, &d, wwait_cb, NULL), CL_EMISPLACED);
+    ASSERT_EQ(log_segment_install(F, SH, &d, th_wait_cb, NULL), CL_EMISPLACED);
     d.base -= 1;
-    ASSERT_EQ(log_segment_install(F, SH, &d, wwait_cb, NULL), CL_EMISPLACED);
+    ASSERT_EQ(log_segment_install(F, SH, &d, th_wait_cb, NULL), CL_EMISPLACED);
     log_segment_files_free(&d);
 
     /* Nothing was written: no files, no records. */
@@ -586,12 +521,12 @@ TEST(segship_install_into_active_segment_with_records_refused)
         off += h.record_count;
     }
     ASSERT_EQ(off, f0.end);
-    ASSERT_OK(write_sync(F, SH, 0, b.p, pos));
+    ASSERT_OK(th_write_sync(F, SH, 0, b.p, pos, NULL));
     ASSERT_EQ(install_sync(F, SH, &f1, NULL), CL_EINVAL);
     ASSERT_EQ(count_files(fd, SH, ".zlog"), 0);
     ASSERT_EQ(count_files(fd, SH, ".idx"), 0);
     /* The shard goes on: the rest as batches. */
-    ASSERT_OK(write_sync(F, SH, f0.end, b.p + pos, b.len - pos));
+    ASSERT_OK(th_write_sync(F, SH, f0.end, b.p + pos, b.len - pos, NULL));
     assert_same(L, F);
     free(b.p);
     log_segment_files_free(&f0);
@@ -627,7 +562,7 @@ static log_t *follower_ending_at(const char *dir, uint64_t at, uint64_t conv,
         off += n;
     }
     ASSERT(len < SEG_BYTES);
-    ASSERT_OK(write_sync(F, SH, 0, buf, len));
+    ASSERT_OK(th_write_sync(F, SH, 0, buf, len, NULL));
     /* One batch too large for the segment: the writer rolls before it. */
     static uint8_t body[SEG_BYTES - 1024];
     memset(body, 'q', sizeof body);
@@ -636,7 +571,7 @@ static log_t *follower_ending_at(const char *dir, uint64_t at, uint64_t conv,
     batch_header h = {.shard_id = SH, .first_offset = at, .term = term, .ts_ms = 1000};
     uint8_t *bb = malloc(BATCH_OVERHEAD + RECORD_HEADER_SIZE + sizeof body);
     size_t blen = batch_encode(bb, &h, &big, 1);
-    ASSERT_OK(write_sync(F, SH, at, bb, blen));
+    ASSERT_OK(th_write_sync(F, SH, at, bb, blen, NULL));
     log_segment_info si;
     ASSERT_OK(log_segment_info_get(F, SH, 1, &si));
     ASSERT_EQ(si.base_offset, at);
@@ -817,7 +752,7 @@ TEST(segship_power_loss_during_install_leaves_no_segment_or_the_whole_one)
     log_segment_files f0, f1;
     ASSERT_OK(log_segment_files_get(L, SH, 0, &f0));
     ASSERT_OK(log_segment_files_get(L, SH, 1, &f1));
-    recs *rl = read_recs(L, SH);
+    th_recs *rl = read_recs(L, SH);
     ASSERT_OK(log_close(L));
     uint64_t seed = test_seed();
     int saw_none = 0, saw_whole = 0;
@@ -866,7 +801,7 @@ TEST(segship_power_loss_during_install_leaves_no_segment_or_the_whole_one)
         saw_whole |= next == f1.end;
         ASSERT_EQ(has_file(fd, SH, f1.base, ".zlog"), next == f1.end);
         ASSERT_EQ(has_file(fd, SH, f1.base, ".idx"), next == f1.end);
-        recs *rf = read_recs(F, SH);
+        th_recs *rf = read_recs(F, SH);
         ASSERT_EQ(rf->n, next);
         ASSERT_MEM_EQ(rl->v, rf->v, sizeof rl->v[0] * rf->n);
         free(rf);
@@ -951,7 +886,7 @@ TEST(segship_files_from_a_live_leader_install_while_it_writes_and_seals)
     }
     bytes_buf b = {0};
     ASSERT_OK(log_read_from(L, SH, end, 0, collect_cb, &b));
-    ASSERT_OK(write_sync(F, SH, end, b.p, b.len));
+    ASSERT_OK(th_write_sync(F, SH, end, b.p, b.len, NULL));
     free(b.p);
     assert_same(L, F);
     ASSERT_OK(log_close(F));

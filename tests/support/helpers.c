@@ -103,3 +103,55 @@ int th_open(const char *dir, io_vfs *io, uint64_t segment_bytes, log_t **out)
     log_options o = {.shards = 4, .segment_bytes = segment_bytes, .io = io};
     return log_open(dir, &o, out);
 }
+
+void th_wait_cb(void *arg, int status, uint64_t end)
+{
+    th_wait *w = arg;
+    pthread_mutex_lock(&w->mu);
+    w->done = 1;
+    w->status = status;
+    w->end = end;
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+int th_wait_for(th_wait *w, uint64_t *end)
+{
+    pthread_mutex_lock(&w->mu);
+    while (!w->done)
+        pthread_cond_wait(&w->cv, &w->mu);
+    pthread_mutex_unlock(&w->mu);
+    if (end)
+        *end = w->end;
+    return w->status;
+}
+
+int th_write_sync(log_t *log, uint32_t shard, uint64_t at, const uint8_t *b,
+                  size_t len, uint64_t *end)
+{
+    th_wait w = TH_WAIT_INIT;
+    int rc = log_write_batches(log, shard, at, b, len, th_wait_cb, &w);
+    return rc ? rc : th_wait_for(&w, end);
+}
+
+int th_recs_cb(void *arg, const batch_header *h, const uint8_t *bytes,
+               const log_entry *e, size_t n)
+{
+    th_recs *r = arg;
+    (void)h;
+    (void)bytes;
+    for (size_t i = 0; i < n && r->n < TH_RECS_MAX; i++) {
+        uint64_t hash = 1469598103934665603ull; /* FNV-1a */
+        for (uint32_t k = 0; k < e[i].rec.body_len; k++)
+            hash = (hash ^ e[i].rec.body[k]) * 1099511628211ull;
+        uint64_t *v = r->v[r->n++];
+        v[0] = e[i].offset;
+        v[1] = e[i].term;
+        v[2] = e[i].rec.type;
+        v[3] = e[i].rec.conv_id;
+        v[4] = e[i].rec.msg_id;
+        v[5] = (uint64_t)e[i].rec.ts_ms;
+        v[6] = hash;
+    }
+    return 0;
+}
